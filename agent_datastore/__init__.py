@@ -1,0 +1,24 @@
+"""agent-datastore: a per-user, per-agent, namespaced JSON key-value store on MongoDB.
+
+>>> import agent_datastore
+>>> with agent_datastore.connect("mongomock://") as store:
+...     data_store = store.proxy("user-1", "indexer")
+...     data_store.set("config", {"timeout": 30})
+...     data_store.get("config")
+{'timeout': 30}
+"""
+
+from ._exceptions import DataStoreError, DataStoreUnavailable, HTTPException
+from ._store import AgentDataStoreProxy, DataStore, connect
+
+__all__ = [
+    "AgentDataStoreProxy",
+    "DataStore",
+    "DataStoreError",
+    "DataStoreUnavailable",
+    "HTTPException",
+    "__version__",
+    "connect",
+]
+
+__version__ = "0.1.0"

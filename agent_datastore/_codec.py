@@ -1,0 +1,269 @@
+"""JSON values to BSON and back, with JSON semantics.
+
+``encode`` validates a value as JSON (what ``json.dumps(value, allow_nan=False)`` accepts),
+normalises it the way a JSON round trip would (tuples become lists, non-string dict keys become
+their JSON spelling, subclasses become their base type) and makes it storable on every MongoDB
+version from 4.4 up, in one pass that also computes the exact BSON size of the result.
+
+Most values are stored as they are. Only the parts BSON cannot hold are wrapped in a tagged
+sub-document ``{"__ads__": <kind>, ...}`` (see docs/schema.md):
+
+- ``"dict"``: a dict with a key that is empty, contains ``.`` or NUL, starts with ``$`` or is
+  ``"__ads__"`` itself, stored as ``{"__ads__": "dict", "items": [[key, value], ...]}``;
+- ``"int"``: an integer outside int64, stored as ``{"__ads__": "int", "digits": "<decimal>"}``;
+- ``"json"``: a sub-value that would nest deeper than MongoDB's 100 levels, stored as
+  ``{"__ads__": "json", "text": "<JSON text>"}``.
+
+Any stored dict holding the tag key is one of these, because a user dict with that key is
+always wrapped; so ``decode`` is unambiguous.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from bson.int64 import Int64
+
+__all__ = [
+    "MAX_NESTING",
+    "TAG",
+    "EncodedValue",
+    "array_names_size",
+    "decode",
+    "encode",
+    "string_size",
+]
+
+TAG = "__ads__"
+
+# MongoDB refuses documents nested more than 100 levels (each document or array is a level).
+# The item document itself is level 1.
+MAX_NESTING = 100
+# A container at a deeper level than this is stored as JSON text: the tagged dict form needs
+# three levels (wrapper, item list, pair) above its values.
+_LAST_STRUCTURED_LEVEL = MAX_NESTING - 3
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_DICT_KEY_TYPES = (str, int, float, bool, type(None))
+
+EncodedValue = tuple[Any, int]
+"""A storable value and the size in bytes of its BSON payload (without type byte and name)."""
+
+
+def string_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; ``UnicodeEncodeError`` for lone surrogates."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def array_names_size(count: int) -> int:
+    """Bytes taken by the names "0", "1", ... of ``count`` array elements, NULs included."""
+    total, digits, bound = 0, 1, 10
+    start = 0
+    while start < count:
+        end = min(count, bound)
+        total += (end - start) * (digits + 1)
+        start, digits, bound = end, digits + 1, bound * 10
+    return total
+
+
+def _not_json(value: object) -> TypeError:
+    return TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def encode(value: Any, level: int) -> EncodedValue:
+    """Encode ``value`` for storage as a field whose containers start at nesting ``level``.
+
+    Raises ``TypeError`` for anything that is not JSON (NaN and infinities included) or that is
+    cyclic or too deep for Python to serialise.
+    """
+    try:
+        return _encode(value, level)
+    except RecursionError:
+        if _is_cyclic(value):
+            raise TypeError("Circular reference detected") from None
+        raise TypeError("value is nested too deeply to serialise") from None
+    except UnicodeEncodeError as exc:
+        raise TypeError(f"string is not valid Unicode (lone surrogate at {exc.start})") from None
+
+
+def _encode(value: Any, level: int) -> EncodedValue:
+    kind = type(value)
+    if kind is str:
+        return value, string_size(value) + 5
+    if kind is int:
+        if _INT32_MIN <= value <= _INT32_MAX:
+            return value, 4
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return value, 8
+        return _encode_big_int(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value, 8
+        raise TypeError(f"Out of range float values are not JSON compliant: {value!r}")
+    if kind is bool:
+        return value, 1
+    if value is None:
+        return None, 0
+    if kind is dict:
+        return _encode_dict(value, level)
+    if kind is list or kind is tuple:
+        return _encode_list(value, level)
+    # Subclasses are stored as their JSON base type, as json.dumps would write them.
+    if isinstance(value, str):
+        return _encode(str.__str__(value), level)
+    if isinstance(value, int):
+        return _encode(int.__int__(value), level)
+    if isinstance(value, float):
+        return _encode(float.__float__(value), level)
+    if isinstance(value, dict):
+        return _encode_dict(value, level)
+    if isinstance(value, (list, tuple)):
+        return _encode_list(value, level)
+    raise _not_json(value)
+
+
+def _encode_big_int(value: int) -> EncodedValue:
+    try:
+        digits = str(value)
+    except ValueError as exc:  # beyond Python's int-to-str digit limit: not JSON either
+        raise TypeError(str(exc)) from None
+    return _tagged("int", "digits", digits, string_size(digits) + 5)
+
+
+def _tagged(kind: str, field: str, payload: Any, payload_size: int) -> EncodedValue:
+    size = 4 + (1 + len(TAG) + 1 + len(kind) + 5) + (1 + len(field) + 1 + payload_size) + 1
+    return {TAG: kind, field: payload}, size
+
+
+def _encode_as_text(value: Any) -> EncodedValue:
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:  # circular reference or NaN, as json reports it
+        raise TypeError(str(exc)) from None
+    return _tagged("json", "text", text, string_size(text) + 5)
+
+
+def _json_key(key: Any) -> str:
+    kind = type(key)
+    if kind is str:
+        return key  # type: ignore[no-any-return]
+    if not isinstance(key, _DICT_KEY_TYPES):
+        raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if not math.isfinite(key):
+        raise TypeError(f"Out of range float values are not JSON compliant: {key!r}")
+    return float.__repr__(key)
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name[0] != "$" and "." not in name and "\x00" not in name and name != TAG
+
+
+def _encode_dict(value: dict[Any, Any], level: int) -> EncodedValue:
+    if level > _LAST_STRUCTURED_LEVEL:
+        return _encode_as_text(value)
+    out: dict[str, Any] = {}
+    names_size = 0
+    plain = True
+    for raw_key, item in dict.items(value):
+        # Two keys with one JSON spelling keep the first one's place and the last one's value,
+        # as json.loads does.
+        out[raw_key if type(raw_key) is str else _json_key(raw_key)] = item
+    for name in out:
+        if plain and not _is_plain_name(name):
+            plain = False
+        names_size += string_size(name)
+    if not plain:
+        return _encode_pairs(out, level)
+    size = 5 + names_size + 2 * len(out)
+    for name, item in out.items():
+        stored, item_size = _encode(item, level + 1)
+        if stored is not item:
+            out[name] = stored
+        size += item_size
+    return out, size
+
+
+def _encode_pairs(value: dict[str, Any], level: int) -> EncodedValue:
+    pairs: list[list[Any]] = []
+    pairs_size = 5 + array_names_size(len(value)) + len(value)
+    for name, item in value.items():
+        stored, item_size = _encode(item, level + 3)
+        # a pair is an array ["name", value] with element names "0" and "1"
+        pairs_size += 5 + (3 + string_size(name) + 5) + (3 + item_size)
+        pairs.append([name, stored])
+    return _tagged("dict", "items", pairs, pairs_size)
+
+
+def _encode_list(value: list[Any] | tuple[Any, ...], level: int) -> EncodedValue:
+    if level > _LAST_STRUCTURED_LEVEL:
+        return _encode_as_text(value)
+    out = list(value)
+    size = 5 + array_names_size(len(out)) + len(out)
+    for index, item in enumerate(out):
+        stored, item_size = _encode(item, level + 1)
+        if stored is not item:
+            out[index] = stored
+        size += item_size
+    return out, size
+
+
+def _is_cyclic(value: Any) -> bool:
+    """Whether ``value`` contains itself, checked without recursion."""
+    stack: list[tuple[Any, frozenset[int]]] = [(value, frozenset())]
+    while stack:
+        node, ancestors = stack.pop()
+        if not isinstance(node, (dict, list, tuple)):
+            continue
+        if id(node) in ancestors:
+            return True
+        inner = ancestors | {id(node)}
+        children = dict.values(node) if isinstance(node, dict) else node
+        stack.extend((child, inner) for child in children)
+    return False
+
+
+def decode(stored: Any) -> Any:
+    """Turn a stored value back into the JSON value it encodes. Mutates ``stored`` in place."""
+    kind = type(stored)
+    if kind is dict:
+        if TAG in stored:
+            return _decode_tagged(stored)
+        for name, item in stored.items():
+            if type(item) in _NEEDS_DECODING:
+                stored[name] = decode(item)
+        return stored
+    if kind is list:
+        for index, item in enumerate(stored):
+            if type(item) in _NEEDS_DECODING:
+                stored[index] = decode(item)
+        return stored
+    if kind is Int64:
+        return int(stored)
+    return stored
+
+
+_NEEDS_DECODING = frozenset({dict, list, Int64})
+
+
+def _decode_tagged(stored: dict[str, Any]) -> Any:
+    kind = stored[TAG]
+    if kind == "dict":
+        return {name: decode(item) for name, item in stored["items"]}
+    if kind == "int":
+        return int(stored["digits"])
+    if kind == "json":
+        return json.loads(stored["text"])
+    raise ValueError(f"stored value has an unknown encoding tag {kind!r}")

@@ -1,0 +1,72 @@
+"""The embedded in-memory store: mongomock-ng behind a lock.
+
+mongomock-ng checks a unique index and inserts as two separate steps, so two threads upserting
+one new key could both insert. Every call the store makes is therefore run under one lock per
+collection, which makes each call atomic, as it is on a real server. The fake scans every
+document for each query and each unique-index check, so it suits tests and demos of a few
+thousand items, not production.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["LockedCollection", "is_fake_collection", "new_client"]
+
+_INSTALL_HINT = "the embedded store needs mongomock-ng: pip install 'agent-datastore[embedded]'"
+
+
+def new_client(**options: Any) -> Any:
+    """A new, empty, private in-memory client."""
+    try:
+        import mongomock_ng
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    return mongomock_ng.MongoClient(**options)
+
+
+def is_fake_collection(collection: object) -> bool:
+    return type(collection).__module__.startswith(("mongomock_ng.", "mongomock."))
+
+
+class LockedCollection:
+    """The few collection methods the store uses, each run whole under one lock."""
+
+    def __init__(self, collection: Any, lock: threading.Lock | None = None) -> None:
+        self._collection = collection
+        self._lock = lock or threading.Lock()
+
+    def find_one(self, filter: Mapping[str, Any], projection: Any = None) -> Any:
+        with self._lock:
+            return self._collection.find_one(filter, projection)
+
+    def find(self, filter: Mapping[str, Any], projection: Any = None, **kwargs: Any) -> list[Any]:
+        kwargs.pop("batch_size", None)  # the fake returns everything at once
+        with self._lock:
+            return list(self._collection.find(filter, projection, **kwargs))
+
+    def update_one(self, filter: Mapping[str, Any], update: Any, upsert: bool = False) -> Any:
+        with self._lock:
+            return self._collection.update_one(filter, update, upsert=upsert)
+
+    def bulk_write(self, requests: list[Any], ordered: bool = True) -> Any:
+        with self._lock:
+            return self._collection.bulk_write(requests, ordered=ordered)
+
+    def delete_one(self, filter: Mapping[str, Any]) -> Any:
+        with self._lock:
+            return self._collection.delete_one(filter)
+
+    def delete_many(self, filter: Mapping[str, Any]) -> Any:
+        with self._lock:
+            return self._collection.delete_many(filter)
+
+    def distinct(self, key: str, filter: Mapping[str, Any]) -> list[Any]:
+        with self._lock:
+            return list(self._collection.distinct(key, filter))
+
+    def create_index(self, keys: Any, **kwargs: Any) -> str:
+        with self._lock:
+            return str(self._collection.create_index(keys, **kwargs))

@@ -1,0 +1,168 @@
+"""Every error this package raises, and the one place where driver errors are translated.
+
+Hierarchy::
+
+    Exception
+    ├── TypeError                 a value, key, name or argument of the wrong type
+    ├── ValueError                a value of the right type that the store cannot take
+    └── HTTPException             the database failed; carries ``status_code`` and ``detail``
+        ├── DataStoreUnavailable  503: the database cannot be reached or did not answer in time
+        └── DataStoreError        500: the database answered, but refused the operation
+
+``HTTPException`` is also a ``starlette.exceptions.HTTPException`` when Starlette is importable,
+so a Starlette or FastAPI application answers with the right status code without any handler
+of its own. Starlette is never required.
+
+Bad input raises ``TypeError`` or ``ValueError`` *before* anything is sent to the database, so a
+call that raises one of them has changed nothing. pymongo's errors never escape this package:
+``translate_driver_errors`` maps them, chaining the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from bson.errors import InvalidDocument
+from pymongo import errors as pymongo_errors
+
+__all__ = [
+    "DataStoreError",
+    "DataStoreUnavailable",
+    "HTTPException",
+    "translate_driver_errors",
+]
+
+# Server error codes for a document that would grow past the 16 MiB limit.
+_DOCUMENT_TOO_LARGE_CODES = frozenset({10334, 17419, 17420})
+
+if TYPE_CHECKING:
+    _HTTPExceptionBase = Exception
+else:
+    try:
+        from starlette.exceptions import HTTPException as _HTTPExceptionBase
+    except ImportError:  # Starlette is optional: fall back to a plain exception.
+        _HTTPExceptionBase = Exception
+
+
+class HTTPException(_HTTPExceptionBase):
+    """The database failed in a way the caller cannot fix by changing its input.
+
+    ``status_code`` is an HTTP status (503 or 500 here) and ``detail`` a one-line explanation.
+    The driver's own exception, when there is one, is chained as ``__cause__``.
+    """
+
+    status_code: int
+    detail: str
+    headers: Mapping[str, str] | None
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if detail is None:
+            detail = http.HTTPStatus(status_code).phrase
+        if _HTTPExceptionBase is Exception:
+            Exception.__init__(self, status_code, detail)
+            self.status_code = status_code
+            self.detail = detail
+            self.headers = headers
+        else:
+            super().__init__(status_code, detail, headers)
+
+    def __str__(self) -> str:
+        return f"{self.status_code}: {self.detail}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status_code={self.status_code!r}, detail={self.detail!r})"
+
+
+class DataStoreUnavailable(HTTPException):
+    """Raised when the database cannot be reached, has no writable primary, or did not answer
+    within the configured timeouts. Status 503: the same call may succeed later."""
+
+    def __init__(self, detail: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(503, detail, headers)
+
+
+class DataStoreError(HTTPException):
+    """Raised when the database answered with an error that is not about the caller's input:
+    missing privileges, a failed index build, an unexpected server error. Status 500."""
+
+    def __init__(self, detail: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(500, detail, headers)
+
+
+def _too_large(keys: Sequence[str], reason: str) -> ValueError:
+    named = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+    return ValueError(f"item {named} would exceed MongoDB's 16 MiB document limit ({reason})")
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+@contextmanager
+def translate_driver_errors(keys: Sequence[str] = ()) -> Iterator[None]:
+    """Run a driver call and turn any pymongo error into this package's errors.
+
+    ``keys`` names the items the call writes, so a size error can say which one it was.
+    """
+    try:
+        yield
+    except (pymongo_errors.PyMongoError, InvalidDocument) as exc:
+        raise _translate(exc, keys) from exc
+
+
+def _translate(
+    exc: pymongo_errors.PyMongoError | InvalidDocument, keys: Sequence[str]
+) -> Exception:
+    if isinstance(exc, pymongo_errors.ConnectionFailure):
+        # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout, NotPrimaryError and
+        # WaitQueueTimeoutError: the server is away, or failing over.
+        return DataStoreUnavailable(f"database unavailable ({_describe(exc)})")
+    if isinstance(exc, pymongo_errors.ExecutionTimeout):
+        return DataStoreUnavailable(f"database did not answer in time ({_describe(exc)})")
+    if isinstance(exc, (pymongo_errors.WriteConcernError, pymongo_errors.WTimeoutError)):
+        return DataStoreUnavailable(
+            "the write was not confirmed by the requested write concern and may or may not "
+            f"have been applied; repeating it is safe ({_describe(exc)})"
+        )
+    if isinstance(exc, pymongo_errors.DocumentTooLarge):
+        return _too_large(keys, "refused by the driver")
+    if isinstance(exc, pymongo_errors.BulkWriteError):
+        return _translate_bulk(exc, keys)
+    if isinstance(exc, pymongo_errors.OperationFailure):
+        if exc.code in _DOCUMENT_TOO_LARGE_CODES:
+            return _too_large(keys, "with the metadata already stored")
+        return DataStoreError(f"the database refused the operation ({_describe(exc)})")
+    if isinstance(exc, InvalidDocument):
+        return ValueError(f"cannot encode the document for MongoDB ({exc})")
+    return DataStoreError(f"database driver error ({_describe(exc)})")
+
+
+def _translate_bulk(exc: pymongo_errors.BulkWriteError, keys: Sequence[str]) -> Exception:
+    details: Mapping[str, Any] = exc.details or {}
+    write_errors: list[dict[str, Any]] = details.get("writeErrors") or []
+    too_large = [
+        keys[e["index"]]
+        for e in write_errors
+        if e.get("code") in _DOCUMENT_TOO_LARGE_CODES and e.get("index", len(keys)) < len(keys)
+    ]
+    if too_large:
+        return _too_large(too_large, "with the metadata already stored")
+    if not write_errors and details.get("writeConcernErrors"):
+        return DataStoreUnavailable(
+            "the batch was not confirmed by the requested write concern and may or may not "
+            "have been applied; repeating it is safe"
+        )
+    first = write_errors[0] if write_errors else {}
+    return DataStoreError(
+        f"the database refused {len(write_errors)} of the batch's writes "
+        f"(first: code {first.get('code')}, {first.get('errmsg', 'no message')})"
+    )
