@@ -126,6 +126,9 @@ def _translate(
         # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout, NotPrimaryError and
         # WaitQueueTimeoutError: the server is away, or failing over.
         return DataStoreUnavailable(f"database unavailable ({_describe(exc)})")
+    if isinstance(exc, pymongo_errors.ConfigurationError) and _is_dns_failure(exc):
+        # a mongodb+srv:// URI is resolved on first use; a failed lookup means unreachable
+        return DataStoreUnavailable(f"cannot resolve the database's hosts ({_describe(exc)})")
     if isinstance(exc, pymongo_errors.ExecutionTimeout):
         return DataStoreUnavailable(f"database did not answer in time ({_describe(exc)})")
     if isinstance(exc, (pymongo_errors.WriteConcernError, pymongo_errors.WTimeoutError)):
@@ -144,6 +147,11 @@ def _translate(
     if isinstance(exc, InvalidDocument):
         return ValueError(f"cannot encode the document for MongoDB ({exc})")
     return DataStoreError(f"database driver error ({_describe(exc)})")
+
+
+def _is_dns_failure(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return cause is not None and type(cause).__module__.split(".")[0] == "dns"
 
 
 def _translate_bulk(exc: pymongo_errors.BulkWriteError, keys: Sequence[str]) -> Exception:

@@ -309,6 +309,10 @@ def connect(
         named = {name.lower() for name in _uri_option_names(parts.query)}
         named.update(name.lower() for name in options)
         defaults = {k: v for k, v in CLIENT_DEFAULTS.items() if k.lower() not in named}
+        if scheme == "mongodb+srv" and "connect" not in named:
+            # pymongo resolves SRV records in the constructor when connect=True, which blocks
+            # and raises without DNS; deferred, the lookup happens on first use.
+            defaults["connect"] = False
         client = MongoClient(uri, **defaults, **options)
     else:
         raise ValueError(

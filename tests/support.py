@@ -1,0 +1,88 @@
+"""Fixtures and helpers shared by the tests and the executed Markdown examples."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import bson
+import pytest
+from hypothesis import HealthCheck, settings
+
+import agent_datastore
+from agent_datastore import AgentDataStoreProxy, DataStore
+
+# CI runs hypothesis derandomized, so a run is reproducible; locally it explores.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+MONGODB_URI = os.environ.get("MONGODB_URI")
+REAL_SERVER_SKIP = (
+    "MONGODB_URI is not set: these contract tests ran on the embedded store only; "
+    "set MONGODB_URI to a disposable MongoDB server to run them against it as well"
+)
+
+
+def pytest_report_header() -> str:
+    if MONGODB_URI:
+        return "agent-datastore contract tests: embedded store and the server at MONGODB_URI"
+    return f"agent-datastore contract tests: embedded store only ({REAL_SERVER_SKIP})"
+
+
+def _real_store() -> Iterator[DataStore]:
+    if not MONGODB_URI:
+        pytest.skip(REAL_SERVER_SKIP)
+    name = f"contract_{uuid.uuid4().hex}"
+    with agent_datastore.connect(
+        MONGODB_URI, database="agent_datastore_tests", collection=name
+    ) as store:
+        try:
+            yield store
+        finally:
+            store.collection.drop()
+
+
+@pytest.fixture(params=["embedded", "mongodb"])
+def store(request: pytest.FixtureRequest) -> Iterator[DataStore]:
+    """A new, empty store: the embedded one, and a real server when MONGODB_URI is set."""
+    if request.param == "embedded":
+        with agent_datastore.connect("mongomock://") as embedded:
+            yield embedded
+    else:
+        yield from _real_store()
+
+
+@pytest.fixture
+def data_store(store: DataStore) -> AgentDataStoreProxy:
+    """What a sandbox hands an agent run: user ``user-1``, agent ``agent-a``, namespace
+    ``default``."""
+    return store.proxy("user-1", "agent-a")
+
+
+@pytest.fixture
+def embedded_data_store() -> Iterator[AgentDataStoreProxy]:
+    with agent_datastore.connect("mongomock://") as embedded:
+        yield embedded.proxy("user-1", "agent-a")
+
+
+def snapshot(store: DataStore) -> list[bytes]:
+    """Every document of the store, as BSON bytes, in _id order: equal snapshots mean the
+    contents are byte-for-byte unchanged."""
+    return [bson.encode(doc) for doc in store.collection.find({}).sort("_id", 1)]
+
+
+def documents(store: DataStore, **query: Any) -> list[dict[str, Any]]:
+    return list(store.collection.find(query, {"_id": 0}).sort("key", 1))
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

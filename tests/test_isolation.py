@@ -1,0 +1,114 @@
+"""A proxy never reads, lists, changes or deletes data outside its user, agent and namespace,
+whatever strings it is given."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from agent_datastore import AgentDataStoreProxy, DataStore
+
+from .support import documents, snapshot
+
+# Names chosen to collide with each other under any sloppy matching: prefixes, regex syntax,
+# NUL, case, Unicode look-alikes, operators as plain strings.
+HOSTILE = ["u", "u ", "U", "u\x00", "u.*", ".*", "^u", "u$", "$ne", "[u]", "ｕ", "u/", "u:x"]
+SCOPES = [
+    ("alice", "agent", "default"),
+    ("alice", "agent", "other"),
+    ("alice", "other-agent", "default"),
+    ("bob", "agent", "default"),
+    ("alice", "agent", "default\x00"),
+    ("alice", "agent", "default "),
+    ("alice", "agent", "defaul"),
+    ("alice", "agent", ".*"),
+    ("alice", "agent.*", "default"),
+    ("alice.*", "agent", "default"),
+    ("alice\x00", "agent", "default"),
+    ("ALICE", "agent", "default"),
+]
+
+
+@pytest.fixture
+def proxies(store: DataStore) -> dict[tuple[str, str, str], AgentDataStoreProxy]:
+    result = {}
+    for scope in SCOPES:
+        proxy = store.proxy(*scope)
+        proxy.set_many({"shared": list(scope), f"own:{scope}": 1, "common:x": scope[2]})
+        result[scope] = proxy
+    return result
+
+
+def _contents(proxy: AgentDataStoreProxy) -> dict[str, object]:
+    return proxy.get_many(proxy.list_keys())
+
+
+def test_each_proxy_sees_only_its_own_items(
+    proxies: dict[tuple[str, str, str], AgentDataStoreProxy],
+) -> None:
+    for scope, proxy in proxies.items():
+        assert proxy.get("shared") == list(scope)
+        assert proxy.list_keys() == sorted(["shared", f"own:{scope}", "common:x"])
+        assert proxy.list_keys(prefix="own:") == [f"own:{scope}"]
+        assert proxy.get_many(["shared", "common:x"]) == {
+            "shared": list(scope),
+            "common:x": scope[2],
+        }
+        for other in SCOPES:
+            if other != scope:
+                assert proxy.get(f"own:{other}") is None
+
+
+def test_namespaces_are_listed_per_user_and_agent(
+    proxies: dict[tuple[str, str, str], AgentDataStoreProxy],
+) -> None:
+    for (user, agent, _), proxy in proxies.items():
+        expected = sorted({ns for u, a, ns in SCOPES if (u, a) == (user, agent)})
+        assert proxy.list_namespaces() == expected
+
+
+@pytest.mark.parametrize("victim", SCOPES[:6])
+def test_writes_and_deletes_stay_in_scope(
+    proxies: dict[tuple[str, str, str], AgentDataStoreProxy],
+    store: DataStore,
+    victim: tuple[str, str, str],
+) -> None:
+    others = {scope: _contents(proxy) for scope, proxy in proxies.items() if scope != victim}
+    proxy = proxies[victim]
+    proxy.set("shared", "overwritten")
+    proxy.set_many({"common:x": "overwritten", "new": 1}, metadata={"m": 1})
+    assert proxy.delete(f"own:{victim}") is True
+    assert proxy.clear() == 3
+    for scope, contents in others.items():
+        assert _contents(proxies[scope]) == contents
+    assert documents(store, userId=victim[0], agentName=victim[1], namespace=victim[2]) == []
+
+
+ATTACKERS = [pair for pair in itertools.product(HOSTILE, HOSTILE) if pair != ("u", "u")][::7]
+
+
+@pytest.mark.parametrize(("user", "agent"), ATTACKERS)
+def test_hostile_names_never_reach_other_data(store: DataStore, user: str, agent: str) -> None:
+    victim = store.proxy("u", "u")
+    victim.set_many({"secret": 1, "u": 2})
+    before = snapshot(store)
+    attacker = store.proxy(user, agent)
+    for namespace in HOSTILE + ["default"]:
+        scoped = attacker.use_namespace(namespace)
+        assert scoped.get("secret") is None
+        assert scoped.get_many(["secret", "u"]) == {}
+        assert scoped.list_keys() == []
+        assert scoped.list_keys(prefix="s") == []
+        assert scoped.list_namespaces() == []
+        assert scoped.delete("secret") is False
+        assert scoped.clear() == 0
+    assert snapshot(store) == before
+
+
+def test_keys_that_look_like_operators_are_plain_keys(data_store: AgentDataStoreProxy) -> None:
+    data_store.set_many({"$ne": 1, "$gt": 2, "$regex": 3, "a": 4})
+    assert data_store.get("$ne") == 1
+    assert data_store.get_many(["$gt", "$regex"]) == {"$gt": 2, "$regex": 3}
+    assert data_store.delete("$ne") is True
+    assert data_store.list_keys() == ["$gt", "$regex", "a"]
