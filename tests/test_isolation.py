@@ -94,7 +94,7 @@ def test_hostile_names_never_reach_other_data(store: DataStore, user: str, agent
     victim.set_many({"secret": 1, "u": 2})
     before = snapshot(store)
     attacker = store.proxy(user, agent)
-    for namespace in HOSTILE + ["default"]:
+    for namespace in [*HOSTILE, "default"]:
         scoped = attacker.use_namespace(namespace)
         assert scoped.get("secret") is None
         assert scoped.get_many(["secret", "u"]) == {}

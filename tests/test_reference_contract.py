@@ -216,7 +216,7 @@ def test_list_keys_example(data_store: AgentDataStoreProxy) -> None:
 
 def test_list_keys_is_sorted_by_code_point(data_store: AgentDataStoreProxy) -> None:
     keys = ["b", "B", "a", "é", "Z", "aa", "a b", "😀", "ａ", "10", "9", "_", "~"]
-    data_store.set_many({key: 1 for key in keys})
+    data_store.set_many(dict.fromkeys(keys, 1))
     assert data_store.list_keys() == sorted(keys)
 
 
@@ -251,14 +251,14 @@ def test_list_keys_prefix_is_literal(data_store: AgentDataStoreProxy, prefix: st
         "\nx",
         "é",
     ]
-    data_store.set_many({key: 1 for key in keys})
+    data_store.set_many(dict.fromkeys(keys, 1))
     expected = sorted({key for key in keys if key.startswith(prefix)})
     assert data_store.list_keys(prefix=prefix) == expected
 
 
 def test_list_keys_prefix_with_nul_and_newline(data_store: AgentDataStoreProxy) -> None:
     keys = ["a\x00b", "a\x00", "a", "a\nb", "b\na", "ab"]
-    data_store.set_many({key: 1 for key in keys})
+    data_store.set_many(dict.fromkeys(keys, 1))
     assert data_store.list_keys(prefix="a\x00") == ["a\x00", "a\x00b"]
     assert data_store.list_keys(prefix="a\n") == ["a\nb"]
     assert data_store.list_keys(prefix="a") == sorted(k for k in keys if k.startswith("a"))
