@@ -97,9 +97,16 @@ class DataStoreError(HTTPException):
         super().__init__(500, detail, headers)
 
 
+def _name_items(keys: Sequence[str]) -> str:
+    if not keys:
+        return "the document"
+    return "item " + ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+
+
 def _too_large(keys: Sequence[str], reason: str) -> ValueError:
-    named = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
-    return ValueError(f"item {named} would exceed MongoDB's 16 MiB document limit ({reason})")
+    return ValueError(
+        f"{_name_items(keys)} would exceed MongoDB's 16 MiB document limit ({reason})"
+    )
 
 
 def _describe(exc: Exception) -> str:
@@ -145,7 +152,7 @@ def _translate(
             return _too_large(keys, "with the metadata already stored")
         return DataStoreError(f"the database refused the operation ({_describe(exc)})")
     if isinstance(exc, InvalidDocument):
-        return ValueError(f"cannot encode the document for MongoDB ({exc})")
+        return ValueError(f"cannot encode {_name_items(keys)} for MongoDB ({exc})")
     return DataStoreError(f"database driver error ({_describe(exc)})")
 
 

@@ -1,0 +1,62 @@
+"""The ``agent-datastore`` console script and its ``demo`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from agent_datastore import connect
+from agent_datastore.cli import main
+from agent_datastore.demo import SAMPLE_REPOSITORY, index_repository, search_repository
+
+
+def test_demo_runs_the_complete_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "files:acme/widgets       5 keys" in out
+    assert "summary:acme/widgets     5 keys" in out
+    assert "3 matches" in out
+    assert "Cached in 'search-cache' under acme/widgets:config: 3 results." in out
+    assert "not indexed. Run indexer first." in out
+    assert "namespaces now: files:acme/widgets, search-cache, summary:acme/widgets" in out
+
+
+def test_demo_agents_use_the_store_as_the_reference_describes() -> None:
+    with connect("mongomock://") as store:
+        data_store = store.proxy("u", "a")
+        asyncio.run(index_repository(data_store, "r", SAMPLE_REPOSITORY))
+        answer = asyncio.run(search_repository(data_store, {"repo": "r", "query": "widget"}, {}))
+        assert [result["file"] for result in answer["results"]] == ["src/widgets.py"]
+        assert answer["results"][0]["content_preview"] == SAMPLE_REPOSITORY["src/widgets.py"]
+        assert data_store.list_namespaces() == ["files:r", "search-cache", "summary:r"]
+        assert data_store.use_namespace("search-cache").get("r:widget")["count"] == 1
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["no-such-command"])
+    assert exited.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_installed_console_script_runs_the_demo() -> None:
+    script = shutil.which("agent-datastore")
+    assert script, "the console script is not installed: pip install -e '.[test]'"
+    result = subprocess.run([script, "demo"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "3 matches" in result.stdout
+    help_result = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert help_result.returncode == 0
+    assert "demo" in help_result.stdout
+
+
+def test_python_dash_m_reports_the_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent_datastore", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("agent-datastore 0.1.0")
