@@ -13,7 +13,7 @@ import pytest
 
 from agent_datastore import AgentDataStoreProxy, DataStore
 
-from .support import snapshot
+from .helpers import snapshot
 
 Call = Callable[[AgentDataStoreProxy], Any]
 

@@ -60,3 +60,15 @@ def test_python_dash_m_reports_the_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("agent-datastore 0.1.0")
+
+
+def test_embedded_scale_script_runs() -> None:
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "embedded_scale.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "10"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("    10 items: set ")
+    assert "set_many(10)" in result.stdout

@@ -14,7 +14,7 @@ from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 import agent_datastore
 from agent_datastore import AgentDataStoreProxy, DataStore, DataStoreUnavailable, connect
 
-from .support import closed_port
+from .helpers import closed_port
 
 INDEX_NAME = "userId_1_agentName_1_namespace_1_key_1"
 

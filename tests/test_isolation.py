@@ -9,7 +9,7 @@ import pytest
 
 from agent_datastore import AgentDataStoreProxy, DataStore
 
-from .support import documents, snapshot
+from .helpers import documents, snapshot
 
 # Names chosen to collide with each other under any sloppy matching: prefixes, regex syntax,
 # NUL, case, Unicode look-alikes, operators as plain strings.

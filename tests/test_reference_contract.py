@@ -12,7 +12,7 @@ import pytest
 
 from agent_datastore import AgentDataStoreProxy, DataStore, HTTPException
 
-from .support import documents
+from .helpers import documents
 
 # ---------------------------------------------------------------------------------------- get
 
@@ -548,7 +548,7 @@ def test_error_table_database_unavailable_is_an_http_exception() -> None:
     # The closed-port tests in test_connect.py check every method; this is the table's row.
     from agent_datastore import connect
 
-    from .support import closed_port
+    from .helpers import closed_port
 
     uri = f"mongodb://127.0.0.1:{closed_port()}/?serverSelectionTimeoutMS=200"
     with connect(uri) as unreachable, pytest.raises(HTTPException) as caught:

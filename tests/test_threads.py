@@ -8,7 +8,7 @@ from typing import Any
 
 from agent_datastore import AgentDataStoreProxy, DataStore
 
-from .support import documents
+from .helpers import documents
 
 
 def test_threads_sharing_one_proxy_keep_one_document_per_key(

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import agent_datastore
 from agent_datastore import AgentDataStoreProxy, DataStore, _codec
 
-from .support import documents
+from .helpers import documents
 
 AWKWARD_NAMES = ["", ".", "a.b", "$x", "$", "$$", "$set", "\x00", "a\x00b", "__ads__", "_id", "é.$"]
 

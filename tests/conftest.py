@@ -1,14 +1,11 @@
-"""Fixtures and helpers shared by the tests and the executed Markdown examples."""
+"""Fixtures of the test suite."""
 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
-import bson
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -27,12 +24,6 @@ REAL_SERVER_SKIP = (
     "MONGODB_URI is not set: these contract tests ran on the embedded store only; "
     "set MONGODB_URI to a disposable MongoDB server to run them against it as well"
 )
-
-
-def pytest_report_header() -> str:
-    if MONGODB_URI:
-        return "agent-datastore contract tests: embedded store and the server at MONGODB_URI"
-    return f"agent-datastore contract tests: embedded store only ({REAL_SERVER_SKIP})"
 
 
 def _real_store() -> Iterator[DataStore]:
@@ -69,20 +60,3 @@ def data_store(store: DataStore) -> AgentDataStoreProxy:
 def embedded_data_store() -> Iterator[AgentDataStoreProxy]:
     with agent_datastore.connect("mongomock://") as embedded:
         yield embedded.proxy("user-1", "agent-a")
-
-
-def snapshot(store: DataStore) -> list[bytes]:
-    """Every document of the store, as BSON bytes, in _id order: equal snapshots mean the
-    contents are byte-for-byte unchanged."""
-    return [bson.encode(doc) for doc in store.collection.find({}).sort("_id", 1)]
-
-
-def documents(store: DataStore, **query: Any) -> list[dict[str, Any]]:
-    return list(store.collection.find(query, {"_id": 0}).sort("key", 1))
-
-
-def closed_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
