@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,8 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_installed_console_script_runs_the_demo() -> None:
-    script = shutil.which("agent-datastore")
+    # the script pip installed beside this interpreter, whether or not its folder is on PATH
+    script = shutil.which("agent-datastore", path=str(Path(sys.executable).parent))
     assert script, "the console script is not installed: pip install -e '.[test]'"
     result = subprocess.run([script, "demo"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -63,8 +65,6 @@ def test_python_dash_m_reports_the_version() -> None:
 
 
 def test_embedded_scale_script_runs() -> None:
-    from pathlib import Path
-
     script = Path(__file__).parent.parent / "scripts" / "embedded_scale.py"
     result = subprocess.run(
         [sys.executable, str(script), "10"], capture_output=True, text=True, timeout=120
