@@ -2,7 +2,8 @@
 
 mongomock-ng checks a unique index and inserts as two separate steps, so two threads upserting
 one new key could both insert. Every call the store makes is therefore run under one lock per
-collection, which makes each call atomic, as it is on a real server. The fake scans every
+fake collection, shared by every DataStore that wraps it, which makes each call atomic, as it
+is on a real server. The fake scans every
 document for each query and each unique-index check, so it suits tests and demos of a few
 thousand items, not production.
 """
@@ -10,6 +11,7 @@ thousand items, not production.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,12 +33,27 @@ def is_fake_collection(collection: object) -> bool:
     return type(collection).__module__.startswith(("mongomock_ng.", "mongomock."))
 
 
-class LockedCollection:
-    """The few collection methods the store uses, each run whole under one lock."""
+# One lock per fake collection's data. The fake keeps one data object per collection name for
+# as long as its client lives; the lock goes away with it.
+_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
 
-    def __init__(self, collection: Any, lock: threading.Lock | None = None) -> None:
+
+def _lock_for(collection: Any) -> threading.Lock:
+    data = collection._store  # mongomock-ng's per-collection data, the same for every handle
+    with _locks_guard:
+        lock = _locks.get(data)
+        if lock is None:
+            lock = _locks[data] = threading.Lock()
+        return lock
+
+
+class LockedCollection:
+    """The few collection methods the store uses, each run whole under the collection's lock."""
+
+    def __init__(self, collection: Any) -> None:
         self._collection = collection
-        self._lock = lock or threading.Lock()
+        self._lock = _lock_for(collection)
 
     def find_one(self, filter: Mapping[str, Any], projection: Any = None) -> Any:
         with self._lock:

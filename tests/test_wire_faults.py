@@ -1,0 +1,228 @@
+"""Faults injected through the wire-protocol test server: what the caller sees, and what was
+sent again. The server acts as a replica-set primary, so pymongo retries as in production."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pymongo import errors as pe
+
+from agent_datastore import AgentDataStoreProxy, DataStoreError, DataStoreUnavailable
+
+from .wire import Fault, WireServer, start_wire_server
+
+SOCKET_TIMEOUT_S = 0.3
+
+
+@pytest.fixture(scope="module")
+def wire() -> Iterator[WireServer]:
+    yield from start_wire_server()
+
+
+@pytest.fixture
+def proxy(wire: WireServer) -> Iterator[AgentDataStoreProxy]:
+    with wire.connect(socketTimeoutMS=int(SOCKET_TIMEOUT_S * 1000)) as store:
+        store.ensure_indexes()
+        wire.take()
+        yield store.proxy("user-1", "agent-a")
+    wire.faults.clear()
+    wire.take()
+
+
+def _without_session(command: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in command.items() if k not in ("lsid", "txnNumber", "$clusterTime")}
+
+
+# Operations pymongo retries once after a network error or a failover error: reads, and
+# single-document or batched upserts (retryable writes). clear() deletes many documents, which
+# is not a retryable write.
+RETRIED: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
+    "get": (lambda p: p.get("k"), "find"),
+    "set": (lambda p: p.set("k", {"v": 1}, metadata={"m": 1}), "update"),
+    "delete": (lambda p: p.delete("k"), "delete"),
+    "list_keys": (lambda p: p.list_keys(prefix="a"), "find"),
+    "list_namespaces": (lambda p: p.list_namespaces(), "distinct"),
+    "get_many": (lambda p: p.get_many(["a", "b"]), "find"),
+    "set_many": (lambda p: p.set_many({"a": 1, "b": 2}), "update"),
+}
+CLEAR = (lambda p: p.clear(), "delete")
+EVERY = {**RETRIED, "clear": CLEAR}
+
+
+# --------------------------------------------------------------- dropped connection, failover
+
+
+@pytest.mark.parametrize("operation", list(RETRIED))
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("hangup"),
+        Fault("error", 10107, "not writable primary"),
+        Fault("error", 189, "primary stepped down"),
+        Fault("error", 11602, "interrupted due to repl state change"),
+    ],
+    ids=["dropped connection", "NotWritablePrimary", "PrimarySteppedDown", "InterruptedRepl"],
+)
+def test_one_fault_is_retried_once_and_succeeds(
+    wire: WireServer, proxy: AgentDataStoreProxy, operation: str, fault: Fault
+) -> None:
+    call, name = RETRIED[operation]
+    wire.fail_next(name, fault)
+    call(proxy)
+    first, second = wire.take()
+    # the retry is the same command; a write keeps its session and transaction number, so a
+    # real server applies it at most once even if the first attempt had gone through
+    assert _without_session(first) == _without_session(second)
+    if name in ("update", "delete"):
+        assert (first["lsid"], first["txnNumber"]) == (second["lsid"], second["txnNumber"])
+
+
+@pytest.mark.parametrize("operation", list(EVERY))
+@pytest.mark.parametrize(
+    "fault",
+    [Fault("hangup"), Fault("error", 10107, "not writable primary")],
+    ids=["dropped connection", "NotWritablePrimary"],
+)
+def test_a_lasting_fault_raises_unavailable(
+    wire: WireServer, proxy: AgentDataStoreProxy, operation: str, fault: Fault
+) -> None:
+    call, name = EVERY[operation]
+    wire.fail_next(name, fault, fault)
+    with pytest.raises(DataStoreUnavailable) as caught:
+        call(proxy)
+    assert caught.value.status_code == 503
+    assert isinstance(caught.value.__cause__, (pe.AutoReconnect, pe.NotPrimaryError))
+    attempts = wire.take()
+    assert len(attempts) == (1 if operation == "clear" else 2)
+
+
+def test_clear_is_not_retried_by_the_driver_but_is_safe_to_repeat(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.fail_next("delete", Fault("hangup"))
+    with pytest.raises(DataStoreUnavailable):
+        proxy.clear()
+    wire.deleted = 3
+    assert proxy.clear() == 3
+    wire.deleted = 0
+    first, second = wire.take()
+    assert first["deletes"] == second["deletes"]
+
+
+# ----------------------------------------------------------------------- a server that hangs
+
+
+@pytest.mark.parametrize("operation", ["get", "set", "set_many", "list_namespaces"])
+def test_a_server_that_never_answers_gives_unavailable_within_the_timeout(
+    wire: WireServer, proxy: AgentDataStoreProxy, operation: str
+) -> None:
+    call, name = RETRIED[operation]
+    wire.fail_next(name, Fault("hang"), Fault("hang"))
+    started = time.monotonic()
+    with pytest.raises(DataStoreUnavailable) as caught:
+        call(proxy)
+    elapsed = time.monotonic() - started
+    assert isinstance(caught.value.__cause__, pe.NetworkTimeout)
+    # two attempts of SOCKET_TIMEOUT_S each, plus reconnecting: nowhere near pymongo's default
+    # of waiting forever
+    assert elapsed < 2 * SOCKET_TIMEOUT_S + 5
+    assert len(wire.take()) == 2
+
+
+def test_a_server_that_answers_after_one_timeout_succeeds(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.fail_next("find", Fault("hang"))
+    wire.find_batches.append([{"value": 42}])
+    assert proxy.get("k") == 42
+    assert len(wire.take()) == 2
+
+
+# ---------------------------------------------------------------------- racing upserts
+
+
+def test_set_that_loses_an_insert_race_is_sent_once_more_and_succeeds(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.fail_next("update", Fault("write_error", 11000, "E11000 duplicate key error"))
+    proxy.set("k", {"v": 1})
+    first, second = wire.take()
+    assert first["updates"] == second["updates"]
+
+
+def test_set_that_loses_twice_raises(wire: WireServer, proxy: AgentDataStoreProxy) -> None:
+    dup = Fault("write_error", 11000, "E11000 duplicate key error")
+    wire.fail_next("update", dup, dup)
+    with pytest.raises(DataStoreError) as caught:
+        proxy.set("k", 1)
+    assert isinstance(caught.value.__cause__, pe.DuplicateKeyError)
+    assert len(wire.take()) == 2
+
+
+def test_set_many_resends_only_the_items_that_lost_a_race(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.fail_next("update", Fault("write_error", 11000, "E11000 duplicate key", index=1))
+    assert proxy.set_many({"a": 1, "b": 2, "c": 3}) == 3
+    first, second = wire.take()
+    assert [s["q"]["key"] for s in first["updates"]] == ["a", "b", "c"]
+    assert [s["q"]["key"] for s in second["updates"]] == ["b"]
+    assert second["updates"][0] == first["updates"][1]
+
+
+def test_set_many_reports_other_item_failures(wire: WireServer, proxy: AgentDataStoreProxy) -> None:
+    wire.fail_next("update", Fault("write_error", 2, "bad value", index=0))
+    with pytest.raises(DataStoreError, match="refused 1 of the batch's writes"):
+        proxy.set_many({"a": 1, "b": 2})
+    assert len(wire.take()) == 1
+
+
+# ----------------------------------------------------------------------- write concern
+
+
+@pytest.mark.parametrize(
+    ("operation", "name"), [("set", "update"), ("set_many", "update"), ("delete", "delete")]
+)
+def test_an_unsatisfied_write_concern_raises_unavailable(
+    wire: WireServer, proxy: AgentDataStoreProxy, operation: str, name: str
+) -> None:
+    call, _ = RETRIED[operation]
+    wire.fail_next(name, Fault("write_concern_error", 64, "waiting for replication timed out"))
+    with pytest.raises(DataStoreUnavailable, match="may or may not have been applied"):
+        call(proxy)
+    assert len(wire.take()) == 1  # not retried: the write may have been applied
+
+
+def test_a_retryable_write_concern_error_is_retried(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.fail_next("update", Fault("write_concern_error", 91, "shutdown in progress"))
+    proxy.set("k", 1)
+    first, second = wire.take()
+    assert first["txnNumber"] == second["txnNumber"]
+
+
+def test_document_too_large_on_the_server_names_the_key(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.fail_next(
+        "update", Fault("write_error", 17419, "Resulting document after update is larger")
+    )
+    with pytest.raises(ValueError, match="'big'"):
+        proxy.set("big", 1, metadata={"m": 1})
+    wire.fail_next(
+        "update", Fault("write_error", 17419, "Resulting document after update is larger", index=1)
+    )
+    with pytest.raises(ValueError, match="'b'"):
+        proxy.set_many({"a": 1, "b": 2})
+    wire.take()
+
+
+def test_unauthorized_is_a_clear_error(wire: WireServer, proxy: AgentDataStoreProxy) -> None:
+    wire.fail_next("find", Fault("error", 13, "not authorized on agent_datastore"))
+    with pytest.raises(DataStoreError, match="not authorized"):
+        proxy.get("k")
+    wire.take()

@@ -1,0 +1,170 @@
+"""A MongoDB wire-protocol test server for the store, built on mockupdb.
+
+The store talks to it through a real ``pymongo.MongoClient``. The server presents itself as the
+primary of a one-member replica set (so pymongo retries reads and writes as it would in
+production), records every command it receives, answers each like an empty MongoDB would, and
+can be told to misbehave on the next commands: hang up, never answer, or fail with a given
+server error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mockupdb import MockupDB, Request
+
+import agent_datastore
+from agent_datastore import DataStore
+
+# Error codes a MongoDB 4.4+ server labels RetryableWriteError when a retryable write fails with
+# them; pymongo retries a write on the label, not the code.
+_RETRYABLE_WRITE_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+_WRITES = {"update", "delete", "insert"}
+
+# The handshake, answered by mockupdb's own responder, and the client's housekeeping, answered
+# with a plain ok; neither is a command of the store, so neither is recorded.
+_HANDSHAKE = {"ismaster", "isMaster", "hello"}
+_HOUSEKEEPING = {"endSessions", "ping", "buildInfo", "killCursors"}
+
+
+@dataclass
+class Fault:
+    """What the server does to the next matching command instead of answering it."""
+
+    kind: str  # "hangup", "hang", "error", "write_error", "write_concern_error"
+    code: int = 0
+    message: str = ""
+    index: int = 0  # for write_error: which statement of a batch fails
+
+
+@dataclass
+class WireServer:
+    server: MockupDB
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    find_batches: list[list[dict[str, Any]]] = field(default_factory=list)
+    distinct_values: list[Any] = field(default_factory=list)
+    deleted: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _hanging: list[Request] = field(default_factory=list)
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://{self.server.address_string}/?replicaSet=rs"
+
+    def connect(self, **options: Any) -> DataStore:
+        options.setdefault("serverSelectionTimeoutMS", 2000)
+        return agent_datastore.connect(self.uri, **options)
+
+    def fail_next(self, command: str, *faults: Fault) -> None:
+        with self._lock:
+            self.faults.setdefault(command, []).extend(faults)
+
+    def names(self) -> list[str]:
+        return [next(iter(doc)) for doc in self.commands]
+
+    def take(self) -> list[dict[str, Any]]:
+        """The commands received since the last call, oldest first."""
+        with self._lock:
+            taken, self.commands = self.commands, []
+        return taken
+
+    def handle(self, request: Request) -> bool:
+        doc = dict(request.doc)
+        name = next(iter(doc))
+        if name in _HANDSHAKE:
+            return False
+        if name in _HOUSEKEEPING:
+            request.ok()
+            return True
+        with self._lock:
+            self.commands.append(doc)
+            queue = self.faults.get(name)
+            fault = queue.pop(0) if queue else None
+        if fault is not None:
+            return self._misbehave(request, fault, doc)
+        request.reply(self._answer(name, doc))
+        return True
+
+    def _misbehave(self, request: Request, fault: Fault, doc: dict[str, Any]) -> bool:
+        if fault.kind == "hangup":
+            request.hangup()
+        elif fault.kind == "hang":
+            self._hanging.append(request)  # never answered
+        elif fault.kind == "error":
+            reply: dict[str, Any] = {"ok": 0, "code": fault.code, "errmsg": fault.message}
+            if self._labels_retryable(doc, fault.code):
+                reply["errorLabels"] = ["RetryableWriteError"]
+            request.reply(reply)
+        elif fault.kind == "write_error":
+            reply = self._answer(next(iter(doc)), doc)
+            reply["writeErrors"] = [
+                {"index": fault.index, "code": fault.code, "errmsg": fault.message}
+            ]
+            request.reply(reply)
+        elif fault.kind == "write_concern_error":
+            reply = self._answer(next(iter(doc)), doc)
+            reply["writeConcernError"] = {"code": fault.code, "errmsg": fault.message}
+            if self._labels_retryable(doc, fault.code):
+                reply["errorLabels"] = ["RetryableWriteError"]
+            request.reply(reply)
+        else:  # pragma: no cover - a typo in a test
+            raise ValueError(fault.kind)
+        return True
+
+    @staticmethod
+    def _labels_retryable(doc: dict[str, Any], code: int) -> bool:
+        is_retryable_write = next(iter(doc)) in _WRITES and "txnNumber" in doc
+        return is_retryable_write and code in _RETRYABLE_WRITE_CODES
+
+    def _answer(self, name: str, doc: dict[str, Any]) -> dict[str, Any]:
+        namespace = f"{doc.get('$db')}.{doc[name]}"
+        if name == "find":
+            batch = self.find_batches.pop(0) if self.find_batches else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": namespace, "firstBatch": batch}}
+        if name == "update":
+            count = len(doc["updates"])
+            upserted = [{"index": i, "_id": i} for i in range(count)]
+            return {"ok": 1, "n": count, "nModified": 0, "upserted": upserted}
+        if name == "delete":
+            return {"ok": 1, "n": self.deleted}
+        if name == "distinct":
+            return {"ok": 1, "values": self.distinct_values}
+        return {"ok": 1}
+
+
+def start_wire_server() -> Iterator[WireServer]:
+    server = MockupDB(
+        auto_ismaster={
+            "maxWireVersion": 21,
+            "minWireVersion": 0,
+            "setName": "rs",
+            "isWritablePrimary": True,
+            "ismaster": True,
+            "secondary": False,
+            "logicalSessionTimeoutMinutes": 30,
+        },
+        request_timeout=60,
+    )
+    server.run()
+    # the primary must list itself, as the address clients know it by
+    server.autoresponds(
+        "ismaster",
+        maxWireVersion=21,
+        minWireVersion=0,
+        setName="rs",
+        hosts=[server.address_string],
+        ismaster=True,
+        isWritablePrimary=True,
+        secondary=False,
+        logicalSessionTimeoutMinutes=30,
+    )
+    wire = WireServer(server)
+    server.autoresponds(wire.handle)
+    try:
+        yield wire
+    finally:
+        server.stop()
