@@ -3,7 +3,12 @@
 mongomock-ng checks a unique index and inserts as two separate steps, so two threads upserting
 one new key could both insert. Every call the store makes is therefore run under one lock per
 fake collection, shared by every DataStore that wraps it, which makes each call atomic, as it
-is on a real server. The fake scans every
+is on a real server.
+
+The fake's upsert also fails with a bare ``KeyError`` when a ``$set`` path holds a ``$`` (as
+``metadata.cost$`` does, which MongoDB accepts), and its ``bulk_write`` is several times slower
+than single updates. Under the lock, an upsert is therefore done as a lookup followed by an
+insert of the document MongoDB would build, or by a plain update. The fake scans every
 document for each query and each unique-index check, so it suits tests and demos of a few
 thousand items, not production.
 """
@@ -64,13 +69,32 @@ class LockedCollection:
         with self._lock:
             return list(self._collection.find(filter, projection, **kwargs))
 
-    def update_one(self, filter: Mapping[str, Any], update: Any, upsert: bool = False) -> Any:
+    def update_one(self, filter: Mapping[str, Any], update: Any, upsert: bool = False) -> None:
         with self._lock:
-            return self._collection.update_one(filter, update, upsert=upsert)
+            if upsert:
+                self._upsert(filter, update)
+            else:
+                self._collection.update_one(filter, update)
 
-    def bulk_write(self, requests: list[Any], ordered: bool = True) -> Any:
+    def bulk_write(self, requests: list[Any], ordered: bool = True) -> None:
         with self._lock:
-            return self._collection.bulk_write(requests, ordered=ordered)
+            for request in requests:
+                # pymongo's UpdateOne keeps its filter and update in these attributes
+                self._upsert(request._filter, request._doc)
+
+    def _upsert(self, filter: Mapping[str, Any], update: Mapping[str, Any]) -> None:
+        unexpected = set(update) - {"$set", "$setOnInsert"}
+        if unexpected:  # pragma: no cover - the store sends no other operator
+            raise NotImplementedError(f"embedded upsert with {sorted(unexpected)}")
+        existing = self._collection.find_one(filter, {"_id": 1})
+        if existing is not None:
+            self._collection.update_one({"_id": existing["_id"]}, {"$set": update["$set"]})
+            return
+        # what MongoDB inserts: the filter's equalities, then the $set and $setOnInsert paths
+        document: dict[str, Any] = dict(filter)
+        for path, value in [*update["$set"].items(), *update.get("$setOnInsert", {}).items()]:
+            _assign(document, path.split("."), value)
+        self._collection.insert_one(document)
 
     def delete_one(self, filter: Mapping[str, Any]) -> Any:
         with self._lock:
@@ -87,3 +111,9 @@ class LockedCollection:
     def create_index(self, keys: Any, **kwargs: Any) -> str:
         with self._lock:
             return str(self._collection.create_index(keys, **kwargs))
+
+
+def _assign(document: dict[str, Any], path: list[str], value: Any) -> None:
+    for name in path[:-1]:
+        document = document.setdefault(name, {})
+    document[path[-1]] = value
