@@ -177,7 +177,9 @@ def _encode_dict(value: dict[Any, Any], level: int) -> EncodedValue:
     out: dict[str, Any] = {}
     names_size = 0
     plain = True
-    for raw_key, item in dict.items(value):
+    # json.dumps asks a dict subclass for its own items(), in its own order (an OrderedDict)
+    items = dict.items(value) if type(value) is dict else value.items()
+    for raw_key, item in items:
         # Two keys with one JSON spelling keep the first one's place and the last one's value,
         # as json.loads does.
         out[raw_key if type(raw_key) is str else _json_key(raw_key)] = item

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_KEY_BYTES",
     "MAX_NAME_BYTES",
+    "SIMPLE_COLLATION",
     "Scope",
     "Upsert",
     "check_key",
@@ -49,6 +50,11 @@ _MAX_KEY_LIST_BYTES = MAX_DOCUMENT_BYTES - 64 * 1024
 INDEX_KEYS: list[tuple[str, int]] = [("userId", 1), ("agentName", 1), ("namespace", 1), ("key", 1)]
 # The name MongoDB itself gives these keys, so an index an operator made by hand is the same one.
 INDEX_NAME = "userId_1_agentName_1_namespace_1_key_1"
+
+SIMPLE_COLLATION: dict[str, str] = {"locale": "simple"}
+"""Sent with every command and index: binary string comparison. A collection created with a
+case-insensitive default collation would otherwise let user "alice" match "Alice"'s items, and
+would sort keys in another order than code points."""
 
 # Fields of an item document beyond its scope strings and payloads: the document's own length
 # and terminator; _id (ObjectId); the type byte and name of userId, agentName, namespace, key,
@@ -235,6 +241,17 @@ class Scope:
             self.item_filter(key),
             {"$set": {"value": stored, "updatedAt": now, **paths}, "$setOnInsert": on_insert},
         )
+
+
+def is_equivalent_index(spec: Mapping[str, Any]) -> bool:
+    """Whether an index from ``index_information()`` is the store's unique index, whatever
+    its name."""
+    collation = spec.get("collation") or SIMPLE_COLLATION
+    return (
+        [(name, int(direction)) for name, direction in spec.get("key", [])] == INDEX_KEYS
+        and bool(spec.get("unique"))
+        and collation.get("locale") == "simple"
+    )
 
 
 def check_items(items: object) -> Mapping[Any, Any]:

@@ -5,12 +5,14 @@ one new key could both insert. Every call the store makes is therefore run under
 fake collection, shared by every DataStore that wraps it, which makes each call atomic, as it
 is on a real server.
 
-The fake's upsert also fails with a bare ``KeyError`` when a ``$set`` path holds a ``$`` (as
-``metadata.cost$`` does, which MongoDB accepts), and its ``bulk_write`` is several times slower
-than single updates. Under the lock, an upsert is therefore done as a lookup followed by an
-insert of the document MongoDB would build, or by a plain update. The fake scans every
-document for each query and each unique-index check, so it suits tests and demos of a few
-thousand items, not production.
+The fake compares strings byte for byte whatever collation is asked, and refuses the
+``collation`` argument on writes, so the adapter drops it. Its upsert fails with a bare
+``KeyError`` when a ``$set`` path holds a ``$`` (as ``metadata.cost$`` does, which MongoDB
+accepts), so under the lock an upsert is done as a lookup followed by an insert of the
+document MongoDB would build, or by a plain update; ``bulk_write`` does the same per request.
+
+The fake scans every document for each query and each unique-index check, so it suits tests
+and demos of a few thousand items, not production.
 """
 
 from __future__ import annotations
@@ -60,16 +62,24 @@ class LockedCollection:
         self._collection = collection
         self._lock = _lock_for(collection)
 
-    def find_one(self, filter: Mapping[str, Any], projection: Any = None) -> Any:
+    def find_one(self, filter: Mapping[str, Any], projection: Any = None, **_: Any) -> Any:
         with self._lock:
             return self._collection.find_one(filter, projection)
 
-    def find(self, filter: Mapping[str, Any], projection: Any = None, **kwargs: Any) -> list[Any]:
-        kwargs.pop("batch_size", None)  # the fake returns everything at once
+    def find(
+        self,
+        filter: Mapping[str, Any],
+        projection: Any = None,
+        *,
+        sort: Any = None,
+        **_: Any,  # batch_size and collation: the fake answers everything at once, binary
+    ) -> list[Any]:
         with self._lock:
-            return list(self._collection.find(filter, projection, **kwargs))
+            return list(self._collection.find(filter, projection, sort=sort))
 
-    def update_one(self, filter: Mapping[str, Any], update: Any, upsert: bool = False) -> None:
+    def update_one(
+        self, filter: Mapping[str, Any], update: Any, upsert: bool = False, **_: Any
+    ) -> None:
         with self._lock:
             if upsert:
                 self._upsert(filter, update)
@@ -96,21 +106,25 @@ class LockedCollection:
             _assign(document, path.split("."), value)
         self._collection.insert_one(document)
 
-    def delete_one(self, filter: Mapping[str, Any]) -> Any:
+    def delete_one(self, filter: Mapping[str, Any], **_: Any) -> Any:
         with self._lock:
             return self._collection.delete_one(filter)
 
-    def delete_many(self, filter: Mapping[str, Any]) -> Any:
+    def delete_many(self, filter: Mapping[str, Any], **_: Any) -> Any:
         with self._lock:
             return self._collection.delete_many(filter)
 
-    def distinct(self, key: str, filter: Mapping[str, Any]) -> list[Any]:
+    def distinct(self, key: str, filter: Mapping[str, Any], **_: Any) -> list[Any]:
         with self._lock:
             return list(self._collection.distinct(key, filter))
 
     def create_index(self, keys: Any, **kwargs: Any) -> str:
         with self._lock:
             return str(self._collection.create_index(keys, **kwargs))
+
+    def index_information(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._collection.index_information())
 
 
 def _assign(document: dict[str, Any], path: list[str], value: Any) -> None:

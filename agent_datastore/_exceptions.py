@@ -37,6 +37,12 @@ __all__ = [
 
 # Server error codes for a document that would grow past the 16 MiB limit.
 _DOCUMENT_TOO_LARGE_CODES = frozenset({10334, 17419, 17420})
+# Server error codes of a passing condition (a failover, a shard or host out of reach, a
+# shutdown), the ones pymongo itself treats as retryable. When they reach us, pymongo's one
+# retry failed too: the database is unavailable for now.
+_TRANSIENT_CODES = frozenset(
+    {6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+)
 
 if TYPE_CHECKING:
     _HTTPExceptionBase = Exception
@@ -150,6 +156,8 @@ def _translate(
     if isinstance(exc, pymongo_errors.OperationFailure):
         if exc.code in _DOCUMENT_TOO_LARGE_CODES:
             return _too_large(keys, "with the metadata already stored")
+        if exc.code in _TRANSIENT_CODES or exc.has_error_label("RetryableWriteError"):
+            return DataStoreUnavailable(f"database temporarily unavailable ({_describe(exc)})")
         return DataStoreError(f"the database refused the operation ({_describe(exc)})")
     if isinstance(exc, InvalidDocument):
         return ValueError(f"cannot encode {_name_items(keys)} for MongoDB ({exc})")

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 from bson.codec_options import CodecOptions
 from pymongo import MongoClient, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from . import _core, _embedded
 from ._exceptions import DataStoreUnavailable, translate_driver_errors
@@ -55,6 +55,8 @@ _KEY_ONLY = {"key": 1, "_id": 0}
 _KEY_AND_VALUE = {"key": 1, "value": 1, "_id": 0}
 _BY_KEY = [("key", 1)]
 _DUPLICATE_KEY = 11000
+_INDEX_OPTIONS_CONFLICT = 85  # the same index exists under another name
+_SIMPLE = _core.SIMPLE_COLLATION
 
 
 class DataStore:
@@ -96,8 +98,18 @@ class DataStore:
         if self._closed:
             raise DataStoreUnavailable("the data store is closed")
         with translate_driver_errors():
-            self._target.create_index(_core.INDEX_KEYS, name=_core.INDEX_NAME, unique=True)
+            try:
+                self._target.create_index(
+                    _core.INDEX_KEYS, name=_core.INDEX_NAME, unique=True, collation=_SIMPLE
+                )
+            except OperationFailure as exc:
+                if exc.code != _INDEX_OPTIONS_CONFLICT or not self._has_equivalent_index():
+                    raise
         self._indexes_ready = True
+
+    def _has_equivalent_index(self) -> bool:
+        indexes = self._target.index_information().values()
+        return any(_core.is_equivalent_index(spec) for spec in indexes)
 
     def _ready_collection(self) -> Any:
         """The collection to send commands to, its index ensured."""
@@ -176,7 +188,9 @@ class AgentDataStoreProxy:
         """
         item_filter = self._scope.item_filter(_core.check_key(key))
         with translate_driver_errors():
-            document = self._store._ready_collection().find_one(item_filter, _VALUE_ONLY)
+            document = self._store._ready_collection().find_one(
+                item_filter, _VALUE_ONLY, collation=_SIMPLE
+            )
         return _core.value_of(document, default)
 
     def set(self, key: str, value: Any, metadata: Mapping[str, Any] | None = None) -> None:
@@ -187,17 +201,17 @@ class AgentDataStoreProxy:
         with translate_driver_errors((key,)):
             collection = self._store._ready_collection()
             try:
-                collection.update_one(upsert.filter, upsert.update, upsert=True)
+                collection.update_one(upsert.filter, upsert.update, upsert=True, collation=_SIMPLE)
             except DuplicateKeyError:
                 # Another client inserted the key between our match and our insert; the item
                 # exists now, so the same idempotent upsert updates it.
-                collection.update_one(upsert.filter, upsert.update, upsert=True)
+                collection.update_one(upsert.filter, upsert.update, upsert=True, collation=_SIMPLE)
 
     def delete(self, key: str) -> bool:
         """Delete ``key``; ``True`` if it existed."""
         item_filter = self._scope.item_filter(_core.check_key(key))
         with translate_driver_errors():
-            result = self._store._ready_collection().delete_one(item_filter)
+            result = self._store._ready_collection().delete_one(item_filter, collation=_SIMPLE)
         return bool(result.deleted_count == 1)
 
     def list_keys(self, prefix: str | None = None) -> list[str]:
@@ -206,7 +220,11 @@ class AgentDataStoreProxy:
         keys_filter = self._scope.keys_filter(_core.check_prefix(prefix))
         with translate_driver_errors():
             cursor = self._store._ready_collection().find(
-                keys_filter, _KEY_ONLY, sort=_BY_KEY, batch_size=_core.LISTING_BATCH_SIZE
+                keys_filter,
+                _KEY_ONLY,
+                sort=_BY_KEY,
+                batch_size=_core.LISTING_BATCH_SIZE,
+                collation=_SIMPLE,
             )
             return [document["key"] for document in cursor]
 
@@ -214,7 +232,7 @@ class AgentDataStoreProxy:
         """The namespaces in which this user's agent has at least one key, sorted."""
         with translate_driver_errors():
             names = self._store._ready_collection().distinct(
-                "namespace", self._scope.agent_filter()
+                "namespace", self._scope.agent_filter(), collation=_SIMPLE
             )
         return sorted(name for name in names if isinstance(name, str))
 
@@ -227,7 +245,9 @@ class AgentDataStoreProxy:
     def clear(self) -> int:
         """Delete every key of this namespace; the number deleted."""
         with translate_driver_errors():
-            result = self._store._ready_collection().delete_many(self._scope.namespace_filter)
+            result = self._store._ready_collection().delete_many(
+                self._scope.namespace_filter, collation=_SIMPLE
+            )
         return int(result.deleted_count)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -240,6 +260,7 @@ class AgentDataStoreProxy:
                 self._scope.many_filter(checked),
                 _KEY_AND_VALUE,
                 batch_size=_core.LISTING_BATCH_SIZE,
+                collation=_SIMPLE,
             )
             documents = list(cursor)
         return _core.values_by_key(documents, checked)
@@ -257,7 +278,7 @@ class AgentDataStoreProxy:
             key = _core.check_key(raw_key)
             upsert = self._scope.upsert(key, value, checked_metadata, now)
             keys.append(key)
-            requests.append(UpdateOne(upsert.filter, upsert.update, upsert=True))
+            requests.append(UpdateOne(upsert.filter, upsert.update, upsert=True, collation=_SIMPLE))
         if not requests:
             return 0
         with translate_driver_errors(keys):

@@ -108,6 +108,17 @@ def test_metadata_merges_top_level_names_only(
     assert doc["metadata"] == {"source": {"repo": "b"}}
 
 
+def test_metadata_names_may_hold_dollar_signs_and_unicode(
+    data_store: AgentDataStoreProxy, store: DataStore
+) -> None:
+    data_store.set("k", 1, metadata={"cost$": 1, "a$b": {"x": 2}, "é": None})
+    data_store.set("k", 2, metadata={"cost$": 3})
+    data_store.set_many({"j": 1}, metadata={"x$": 1})
+    docs = {doc["key"]: doc for doc in documents(store)}
+    assert docs["k"]["metadata"] == {"cost$": 3, "a$b": {"x": 2}, "é": None}
+    assert docs["j"]["metadata"] == {"x$": 1}
+
+
 def test_a_new_item_without_metadata_has_empty_metadata(
     data_store: AgentDataStoreProxy, store: DataStore
 ) -> None:

@@ -137,6 +137,23 @@ def test_awkward_values_round_trip(data_store: AgentDataStoreProxy, value: Any) 
     assert_same_json(data_store.get("k"), value)
 
 
+def test_dict_subclasses_are_read_through_their_own_items(
+    data_store: AgentDataStoreProxy,
+) -> None:
+    moved = OrderedDict([("a", 1), ("b", 2), ("c", 3)])
+    moved.move_to_end("a")
+
+    class Redacting(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:
+            return [(k, v) for k, v in dict.items(self) if k != "secret"]
+
+    value = {"moved": moved, "redacted": Redacting(name="x", secret="hidden")}
+    data_store.set("k", value)
+    assert_same_json(data_store.get("k"), value)
+    assert list(data_store.get("k")["moved"]) == ["b", "c", "a"]
+    assert data_store.get("k")["redacted"] == {"name": "x"}
+
+
 def test_subclasses_are_stored_as_their_json_type(data_store: AgentDataStoreProxy) -> None:
     class Color(enum.IntEnum):
         RED = 1

@@ -15,10 +15,12 @@ from agent_datastore import AgentDataStoreProxy
 
 from .wire import WireServer, start_wire_server
 
+SIMPLE = {"locale": "simple"}
 INDEX = {
     "name": "userId_1_agentName_1_namespace_1_key_1",
     "unique": True,
     "key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1},
+    "collation": SIMPLE,
 }
 SCOPE = [("userId", "user-1"), ("agentName", "agent-a"), ("namespace", "ns")]
 
@@ -77,14 +79,18 @@ def test_each_operation_sends_exactly_one_targeted_command(
     command = only_command(wire, name)
     assert command[name] == "items"
     assert command["$db"] == "agent_datastore"
+    # binary comparison whatever the collection's default collation: "alice" is not "Alice"
     if name == "find":
         assert_targeted(command["filter"])
+        assert command["collation"] == SIMPLE
     elif name == "distinct":
         assert_targeted(command["query"], namespace=False)
+        assert command["collation"] == SIMPLE
     else:
         statements = command["updates" if name == "update" else "deletes"]
         for statement in statements:
             assert_targeted(statement["q"])
+            assert statement["collation"] == SIMPLE
 
 
 @pytest.mark.parametrize(

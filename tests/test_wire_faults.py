@@ -226,3 +226,54 @@ def test_unauthorized_is_a_clear_error(wire: WireServer, proxy: AgentDataStorePr
     with pytest.raises(DataStoreError, match="not authorized"):
         proxy.get("k")
     wire.take()
+
+
+# ------------------------------------------------------------------------- the unique index
+
+
+def test_the_same_index_under_another_name_is_accepted(wire: WireServer) -> None:
+    wire.fail_next(
+        "createIndexes", Fault("error", 85, "Index already exists with a different name")
+    )
+    wire.indexes = [
+        {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+        {
+            "v": 2,
+            "key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1.0},
+            "name": "made_by_hand",
+            "unique": True,
+        },
+    ]
+    with wire.connect() as store:
+        proxy = store.proxy("u", "a")
+        proxy.get("k")
+        proxy.get("k")
+    assert wire.names() == ["createIndexes", "listIndexes", "find", "find"]
+    wire.indexes = []
+    wire.take()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1}, "name": "not_unique"},
+        {
+            "key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1},
+            "name": "case_blind",
+            "unique": True,
+            "collation": {"locale": "en", "strength": 2},
+        },
+        {"key": {"userId": 1, "key": 1}, "name": "other_keys", "unique": True},
+    ],
+    ids=["not unique", "case-insensitive collation", "other keys"],
+)
+def test_a_conflicting_index_is_a_clear_error(wire: WireServer, other: dict[str, Any]) -> None:
+    wire.fail_next(
+        "createIndexes", Fault("error", 85, "Index already exists with a different name")
+    )
+    wire.indexes = [other]
+    with wire.connect() as store, pytest.raises(DataStoreError, match="different name"):
+        store.proxy("u", "a").get("k")
+    wire.indexes = []
+    assert wire.names() == ["createIndexes", "listIndexes"]
+    wire.take()

@@ -47,6 +47,7 @@ class WireServer:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     find_batches: list[list[dict[str, Any]]] = field(default_factory=list)
     distinct_values: list[Any] = field(default_factory=list)
+    indexes: list[dict[str, Any]] = field(default_factory=list)
     deleted: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _hanging: list[Request] = field(default_factory=list)
@@ -56,7 +57,9 @@ class WireServer:
         return f"mongodb://{self.server.address_string}/?replicaSet=rs"
 
     def connect(self, **options: Any) -> DataStore:
-        options.setdefault("serverSelectionTimeoutMS", 2000)
+        # generous: after a failover error pymongo must find the primary again, and a loaded
+        # CI machine can be slow to
+        options.setdefault("serverSelectionTimeoutMS", 10_000)
         return agent_datastore.connect(self.uri, **options)
 
     def fail_next(self, command: str, *faults: Fault) -> None:
@@ -133,6 +136,8 @@ class WireServer:
             return {"ok": 1, "n": self.deleted}
         if name == "distinct":
             return {"ok": 1, "values": self.distinct_values}
+        if name == "listIndexes":
+            return {"ok": 1, "cursor": {"id": 0, "ns": namespace, "firstBatch": self.indexes}}
         return {"ok": 1}
 
 
