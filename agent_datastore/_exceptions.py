@@ -14,7 +14,9 @@ so a Starlette or FastAPI application answers with the right status code without
 of its own. Starlette is never required.
 
 Bad input raises ``TypeError`` or ``ValueError`` *before* anything is sent to the database, so a
-call that raises one of them has changed nothing. pymongo's errors never escape this package:
+call that raises one of them has changed nothing. The one ``ValueError`` that comes from the
+server is an update whose merged metadata would pass 16 MiB: that item is unchanged, but the
+other items of a ``set_many`` are written. pymongo's errors never escape this package:
 ``translate_driver_errors`` maps them, chaining the original as ``__cause__``.
 """
 

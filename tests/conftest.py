@@ -12,18 +12,14 @@ from hypothesis import HealthCheck, settings
 import agent_datastore
 from agent_datastore import AgentDataStoreProxy, DataStore
 
+from .helpers import MONGODB_URI, REAL_SERVER_SKIP
+
 # CI runs hypothesis derandomized, so a run is reproducible; locally it explores.
 settings.register_profile(
     "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-MONGODB_URI = os.environ.get("MONGODB_URI")
-REAL_SERVER_SKIP = (
-    "MONGODB_URI is not set: these contract tests ran on the embedded store only; "
-    "set MONGODB_URI to a disposable MongoDB server to run them against it as well"
-)
 
 
 def _real_store() -> Iterator[DataStore]:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 import bson
 
 from agent_datastore import DataStore
+
+MONGODB_URI = os.environ.get("MONGODB_URI")
+REAL_SERVER_SKIP = (
+    "MONGODB_URI is not set: these contract tests ran on the embedded store only; "
+    "set MONGODB_URI to a disposable MongoDB server to run them against it as well"
+)
 
 
 def snapshot(store: DataStore) -> list[bytes]:

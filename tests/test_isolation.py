@@ -4,12 +4,14 @@ whatever strings it is given."""
 from __future__ import annotations
 
 import itertools
+import uuid
 
 import pytest
+from pymongo import MongoClient
 
 from agent_datastore import AgentDataStoreProxy, DataStore
 
-from .helpers import documents, snapshot
+from .helpers import MONGODB_URI, REAL_SERVER_SKIP, documents, snapshot
 
 # Names chosen to collide with each other under any sloppy matching: prefixes, regex syntax,
 # NUL, case, Unicode look-alikes, operators as plain strings.
@@ -112,3 +114,28 @@ def test_keys_that_look_like_operators_are_plain_keys(data_store: AgentDataStore
     assert data_store.get_many(["$gt", "$regex"]) == {"$gt": 2, "$regex": 3}
     assert data_store.delete("$ne") is True
     assert data_store.list_keys() == ["$gt", "$regex", "a"]
+
+
+def test_a_case_insensitive_collection_collation_does_not_merge_users() -> None:
+    """Only a real server applies collations; the wire tests show every command carries the
+    simple collation that makes this hold."""
+    if not MONGODB_URI:
+        pytest.skip(REAL_SERVER_SKIP)
+    client: MongoClient[dict[str, object]] = MongoClient(MONGODB_URI, serverSelectionTimeoutMS=5000)
+    database = client["agent_datastore_tests"]
+    name = f"collated_{uuid.uuid4().hex}"
+    collection = database.create_collection(name, collation={"locale": "en", "strength": 2})
+    try:
+        store = DataStore(collection)
+        lower, upper = store.proxy("alice", "agent"), store.proxy("Alice", "AGENT")
+        lower.set_many({"k": "lower", "b": 1, "B": 2, "a": 3})
+        upper.set("k", "upper")
+        assert lower.get("k") == "lower"
+        assert lower.list_keys() == ["B", "a", "b", "k"]
+        assert lower.get_many(["b", "B"]) == {"b": 1, "B": 2}
+        assert upper.list_keys() == ["k"]
+        assert upper.clear() == 1
+        assert lower.get("k") == "lower"
+    finally:
+        collection.drop()
+        client.close()
