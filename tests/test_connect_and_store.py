@@ -242,7 +242,7 @@ def test_indexes_are_ensured_once_across_racing_threads() -> None:
     with connect("mongomock://") as store:
         counter = CountingIndexes(store)
         proxy = store.proxy("u", "a")
-        barrier = threading.Barrier(12)
+        barrier = threading.Barrier(12, timeout=30)
 
         def first_call(i: int) -> None:
             barrier.wait()
