@@ -1,0 +1,27 @@
+"""The documentation refers to things that exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_every_test_named_in_the_reliability_page_exists() -> None:
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    cited = set(re.findall(r"`(?:[\w/]+\.py::)?(test_\w+)", page))
+    defined = {
+        match
+        for path in (ROOT / "tests").glob("test_*.py")
+        for match in re.findall(r"^def (test_\w+)", path.read_text(), re.MULTILINE)
+    }
+    assert len(cited) > 20
+    assert cited - defined == set()
+
+
+def test_relative_links_in_the_docs_point_at_files_that_exist() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
