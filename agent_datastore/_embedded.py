@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import bson
+
 __all__ = ["LockedCollection", "is_fake_collection", "new_client"]
 
 _INSTALL_HINT = "the embedded store needs mongomock-ng: pip install 'agent-datastore[embedded]'"
@@ -66,16 +68,39 @@ class LockedCollection:
         with self._lock:
             return self._collection.find_one(filter, projection)
 
+    @property
+    def database(self) -> Any:
+        return self._collection.database
+
+    @property
+    def name(self) -> str:
+        return str(self._collection.name)
+
     def find(
         self,
         filter: Mapping[str, Any],
         projection: Any = None,
         *,
         sort: Any = None,
+        limit: int = 0,
         **_: Any,  # batch_size and collation: the fake answers everything at once, binary
     ) -> list[Any]:
         with self._lock:
-            return list(self._collection.find(filter, projection, sort=sort))
+            return list(self._collection.find(filter, projection, sort=sort, limit=limit))
+
+    def count_documents(self, filter: Mapping[str, Any], **_: Any) -> int:
+        with self._lock:
+            return int(self._collection.count_documents(filter))
+
+    def aggregate(self, pipeline: list[Any], **_: Any) -> list[Any]:
+        with self._lock:
+            if _BSON_SIZE_OF_ROOT not in repr(pipeline):
+                return list(self._collection.aggregate(pipeline))
+            # The fake has no $bsonSize: run the pipeline over copies that carry their size.
+            sized = new_client().scratch.sized
+            for document in self._collection.find({}):
+                sized.insert_one({**document, _SIZE_FIELD: len(bson.encode(document))})
+            return list(sized.aggregate(_with_size_field(pipeline)))
 
     def update_one(
         self, filter: Mapping[str, Any], update: Any, upsert: bool = False, **_: Any
@@ -125,6 +150,20 @@ class LockedCollection:
     def index_information(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._collection.index_information())
+
+
+_BSON_SIZE_OF_ROOT = repr({"$bsonSize": "$$ROOT"})
+_SIZE_FIELD = "__bson_size"
+
+
+def _with_size_field(node: Any) -> Any:
+    if node == {"$bsonSize": "$$ROOT"}:
+        return "$" + _SIZE_FIELD
+    if isinstance(node, dict):
+        return {name: _with_size_field(value) for name, value in node.items()}
+    if isinstance(node, list):
+        return [_with_size_field(value) for value in node]
+    return node
 
 
 def _assign(document: dict[str, Any], path: list[str], value: Any) -> None:

@@ -119,6 +119,8 @@ def _too_large(keys: Sequence[str], reason: str) -> ValueError:
 
 def _describe(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # pymongo appends the whole topology to a selection timeout: one line must stay readable
+    text = text.split(", Topology Description:")[0]
     return f"{type(exc).__name__}: {text}"
 
 

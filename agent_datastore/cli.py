@@ -1,56 +1,476 @@
-"""The ``agent-datastore`` command: parses arguments, calls the package, formats results.
+"""The ``agent-datastore`` command: parses arguments, calls ``agent_datastore.admin`` or a proxy,
+formats the result. It never talks to pymongo itself.
 
-Exit codes: 0 success, 2 usage error, 3 database unavailable.
+Exit codes: 0 success; 1 not found, a failed check or a declined confirmation; 2 usage error
+or invalid input; 3 database unavailable; 4 the database refused the operation, or an import
+rejected some lines.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
-from . import __version__
-from ._exceptions import DataStoreUnavailable, HTTPException
-from .demo import run_demo
+try:
+    import click
+except ImportError as exc:  # pragma: no cover - the cli extra is not installed
+    raise SystemExit(
+        "agent-datastore: the command needs its extra: pip install 'agent-datastore[cli]'"
+    ) from exc
+
+from . import __version__, admin
+from ._exceptions import DataStoreError, DataStoreUnavailable
+from ._store import DataStore, connect
 
 __all__ = ["main"]
 
-EXIT_OK = 0
+EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
-EXIT_ERROR = 4
+EXIT_REFUSED = 4
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="agent-datastore",
-        description="A per-user, per-agent, namespaced JSON key-value store on MongoDB.",
+class CommandError(click.ClickException):
+    """An error the command reports in one line, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"agent-datastore: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    """Turns the store's errors into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DataStoreUnavailable as exc:
+            raise CommandError(exc.detail, EXIT_UNAVAILABLE) from exc
+        except DataStoreError as exc:
+            raise CommandError(exc.detail, EXIT_REFUSED) from exc
+        except (TypeError, ValueError) as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from exc
+
+
+def _store(ctx: click.Context) -> DataStore:
+    state: dict[str, Any] = ctx.ensure_object(dict)
+    if state.get("store") is None:
+        uri = state.get("uri")
+        if not uri:
+            click.echo(
+                "agent-datastore: no --uri or AGENT_DATASTORE_URI: using a new in-memory store; "
+                "nothing persists",
+                err=True,
+            )
+            uri = "mongomock://"
+        state["store"] = ctx.with_resource(connect(uri, ensure_indexes=False))
+    store: DataStore = state["store"]
+    return store
+
+
+def _json_flag(command: _F) -> _F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text."
+    )(command)
+
+
+def _namespace_option(command: _F) -> _F:
+    return click.option(
+        "--namespace", "-n", default="default", show_default=True, help="The namespace."
+    )(command)
+
+
+def _yes_option(command: _F) -> _F:
+    return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(command)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    numeric = [all(isinstance(row[i], int) for row in rows) and rows for i in range(len(headers))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [
+            cell.rjust(width) if numeric[i] else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _print_names(names: list[str], as_json: bool) -> None:
+    if as_json:
+        _print_json(names)
+    else:
+        for name in names:
+            click.echo(name)
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(f"{question} Refusing without --yes when not on a terminal.", EXIT_USAGE)
+    if not click.confirm(question, default=False, err=True):
+        raise CommandError("nothing was changed", EXIT_NOT_FOUND)
+
+
+def _json_argument(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"{what} is not valid JSON: {exc}", EXIT_USAGE) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--uri",
+    envvar="AGENT_DATASTORE_URI",
+    metavar="URI",
+    help="mongodb://, mongodb+srv:// or mongomock:// (default: $AGENT_DATASTORE_URI, else a "
+    "new in-memory store).",
+)
+@click.version_option(__version__, prog_name="agent-datastore", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, uri: str | None) -> None:
+    """Inspect, repair, export and import an agent data store.
+
+    Every item belongs to a USER, an AGENT and a namespace (default: "default"). Commands
+    that remove data ask first on a terminal, and need --yes otherwise.
+
+    \b
+    Exit codes:
+      0  success
+      1  not found, a failed check, or a declined confirmation
+      2  usage error or invalid input
+      3  database unavailable
+      4  the database refused the operation, or an import rejected lines
+    """
+    ctx.ensure_object(dict).setdefault("uri", uri)
+
+
+@cli.command()
+def demo() -> None:
+    """Run the reference's complete example in memory."""
+    from .demo import run_demo
+
+    run_demo()
+
+
+@cli.command()
+@_json_flag
+@click.pass_context
+def users(ctx: click.Context, as_json: bool) -> None:
+    """List the users that hold data."""
+    _print_names(admin.users(_store(ctx)), as_json)
+
+
+@cli.command()
+@click.argument("user")
+@_json_flag
+@click.pass_context
+def agents(ctx: click.Context, user: str, as_json: bool) -> None:
+    """List the agents of USER that hold data."""
+    _print_names(admin.agents(_store(ctx), user), as_json)
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("agent")
+@_json_flag
+@click.pass_context
+def namespaces(ctx: click.Context, user: str, agent: str, as_json: bool) -> None:
+    """List the namespaces of USER's AGENT that hold data."""
+    _print_names(admin.namespaces(_store(ctx), user, agent), as_json)
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("agent")
+@_namespace_option
+@click.option("--prefix", "-p", help="Only keys that start with this text.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many keys.")
+@_json_flag
+@click.pass_context
+def keys(
+    ctx: click.Context,
+    user: str,
+    agent: str,
+    namespace: str,
+    prefix: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """List the keys of a namespace, sorted."""
+    _print_names(admin.keys(_store(ctx), user, agent, namespace, prefix, limit), as_json)
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("agent")
+@click.argument("key")
+@_namespace_option
+@_json_flag
+@click.pass_context
+def get(ctx: click.Context, user: str, agent: str, key: str, namespace: str, as_json: bool) -> None:
+    """Show an item with its metadata, dates and size."""
+    found = admin.item(_store(ctx), user, agent, key, namespace)
+    if found is None:
+        raise CommandError(f"no key {key!r} in {user}/{agent}/{namespace}", EXIT_NOT_FOUND)
+    if as_json:
+        _print_json(found)
+        return
+    for name in ("userId", "agentName", "namespace", "key", "createdAt", "updatedAt"):
+        click.echo(f"{name + ':':<11} {found[name]}")
+    click.echo(f"{'size:':<11} {found['size']} bytes")
+    click.echo(f"{'metadata:':<11} {json.dumps(found['metadata'], ensure_ascii=False)}")
+    click.echo("value:")
+    click.echo(json.dumps(found["value"], indent=2, ensure_ascii=False))
+
+
+@cli.command()
+@click.option(
+    "--top",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many of the largest to show.",
+)
+@_json_flag
+@click.pass_context
+def stats(ctx: click.Context, top: int, as_json: bool) -> None:
+    """Show counts, sizes and the largest scopes."""
+    summary = admin.stats(_store(ctx), top)
+    if as_json:
+        _print_json(summary)
+        return
+    click.echo(
+        _table(
+            ["documents", "users", "agents", "namespaces", "bytes"],
+            [[summary[n] for n in ("documents", "users", "agents", "namespaces", "size")]],
+        )
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="run the reference's complete example on the embedded store",
-        description=(
-            "Index a sample repository into files:<repo> and summary:<repo>, search it, cache "
-            "the answer, and print each step. Uses a new in-memory store: nothing persists."
-        ),
+    for kind, columns in [
+        ("users", ["userId"]),
+        ("agents", ["userId", "agentName"]),
+        ("namespaces", ["userId", "agentName", "namespace"]),
+    ]:
+        rows = [
+            [g[c] for c in columns] + [g["documents"], g["size"]]
+            for g in summary[f"largest_{kind}"]
+        ]
+        click.echo(f"\nlargest {kind}:")
+        click.echo(_table([*columns, "documents", "bytes"], rows))
+
+
+@cli.command(name="set")
+@click.argument("user")
+@click.argument("agent")
+@click.argument("key")
+@click.argument("value")
+@_namespace_option
+@click.option("--metadata", "-m", help="A JSON object merged into the item's metadata.")
+@_json_flag
+@click.pass_context
+def set_(
+    ctx: click.Context,
+    user: str,
+    agent: str,
+    key: str,
+    value: str,
+    namespace: str,
+    metadata: str | None,
+    as_json: bool,
+) -> None:
+    """Store VALUE, a JSON text, under KEY."""
+    parsed = _json_argument(value, "VALUE")
+    meta = _json_argument(metadata, "--metadata") if metadata is not None else None
+    _store(ctx).proxy(user, agent, namespace).set(key, parsed, metadata=meta)
+    report = {"set": key, "namespace": namespace}
+    _print_json(report) if as_json else click.echo(f"set {key!r} in {user}/{agent}/{namespace}")
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("agent")
+@click.argument("key")
+@_namespace_option
+@_yes_option
+@_json_flag
+@click.pass_context
+def delete(
+    ctx: click.Context, user: str, agent: str, key: str, namespace: str, yes: bool, as_json: bool
+) -> None:
+    """Delete one item."""
+    proxy = _store(ctx).proxy(user, agent, namespace)
+    _confirm(f"Delete {key!r} from {user}/{agent}/{namespace}?", yes)
+    if not proxy.delete(key):
+        raise CommandError(f"no key {key!r} in {user}/{agent}/{namespace}", EXIT_NOT_FOUND)
+    _print_json({"deleted": 1}) if as_json else click.echo(f"deleted 1 item: {key!r}")
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("agent")
+@click.option("--namespace", "-n", required=True, help="The namespace to empty.")
+@_yes_option
+@_json_flag
+@click.pass_context
+def clear(
+    ctx: click.Context, user: str, agent: str, namespace: str, yes: bool, as_json: bool
+) -> None:
+    """Delete every item of one namespace."""
+    proxy = _store(ctx).proxy(user, agent, namespace)
+    _confirm(f"Delete every item of {user}/{agent}/{namespace}?", yes)
+    deleted = proxy.clear()
+    _print_json({"deleted": deleted}) if as_json else click.echo(
+        f"deleted {deleted} items from {user}/{agent}/{namespace}"
     )
-    demo.set_defaults(handler=lambda _args: run_demo())
-    return parser
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("agent", required=False)
+@_yes_option
+@_json_flag
+@click.pass_context
+def purge(ctx: click.Context, user: str, agent: str | None, yes: bool, as_json: bool) -> None:
+    """Erase all data of USER, or only of USER's AGENT."""
+    store = _store(ctx)
+    scope = f"user {user!r}" + (f", agent {agent!r}" if agent else "")
+    _confirm(f"Erase every item of {scope}, in every namespace?", yes)
+    deleted = admin.purge(store, user, agent)
+    _print_json({"deleted": deleted}) if as_json else click.echo(
+        f"erased {deleted} items of {scope}"
+    )
+
+
+def _progress(length: int, label: str) -> Any:
+    return click.progressbar(
+        length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty()
+    )
+
+
+@cli.command(name="export")
+@click.argument("user", required=False)
+@click.argument("agent", required=False)
+@click.argument("namespace", required=False)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="The JSON Lines file to write, or - for standard output.",
+)
+@_json_flag
+@click.pass_context
+def export_(
+    ctx: click.Context,
+    user: str | None,
+    agent: str | None,
+    namespace: str | None,
+    output: str,
+    as_json: bool,
+) -> None:
+    """Write items as JSON Lines (all, or one scope's)."""
+    store = _store(ctx)
+    total = admin.count_items(store, user, agent, namespace)
+    written = 0
+    with click.open_file(output, "w", encoding="utf-8") as out, _progress(total, "export") as bar:
+        for record in admin.export_items(store, user, agent, namespace):
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+            bar.update(1)
+    report = {"exported": written, "file": output}
+    if output != "-":
+        _print_json(report) if as_json else click.echo(f"exported {written} items to {output}")
+
+
+def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, str]]:
+    with click.open_file(path, "r", encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            bar.update(len(line.encode("utf-8")))
+            yield number, line
+
+
+@cli.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--batch-size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Items per bulk write.",
+)
+@_json_flag
+@click.pass_context
+def import_(ctx: click.Context, file: str, batch_size: int, as_json: bool) -> None:
+    """Read items from a JSON Lines export (idempotent)."""
+    store = _store(ctx)
+    size = Path(file).stat().st_size if file != "-" else 0
+    with _progress(size, "import") as bar:
+        # the running reports only drive the progress bar; the last one is the total
+        (report,) = deque(admin.import_items(store, _numbered_lines(file, bar), batch_size), 1)
+    for number, reason in report.rejected:
+        click.echo(f"agent-datastore: {file}:{number}: {reason}", err=True)
+    summary = {"imported": report.imported, "rejected": len(report.rejected)}
+    _print_json(summary) if as_json else click.echo(
+        f"imported {report.imported} items, rejected {len(report.rejected)} lines"
+    )
+    if report.rejected:
+        ctx.exit(EXIT_REFUSED)
+
+
+@cli.command()
+@_json_flag
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check the connection, the index and the documents."""
+    report = admin.doctor(_store(ctx))
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(f"round trip:        {report['latency_ms']:.1f} ms")
+        click.echo(f"server version:    {report['server_version']}")
+        click.echo(f"unique index:      {report['unique_index'] or 'MISSING (run ensure-indexes)'}")
+        click.echo(f"documents:         {report['documents']}")
+        click.echo(f"invalid documents: {report['invalid_documents']}")
+        for sample in report["invalid_sample"]:
+            click.echo(f"  {json.dumps(sample, ensure_ascii=False)}")
+        click.echo("healthy" if report["healthy"] else "NOT healthy")
+    if not report["healthy"]:
+        ctx.exit(EXIT_NOT_FOUND)
+
+
+@cli.command(name="ensure-indexes")
+@_json_flag
+@click.pass_context
+def ensure_indexes(ctx: click.Context, as_json: bool) -> None:
+    """Create the unique index if it is missing."""
+    _store(ctx).ensure_indexes()
+    _print_json({"index": "ok"}) if as_json else click.echo("unique index present")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command line; returns the exit code."""
     try:
-        args.handler(args)
-    except DataStoreUnavailable as exc:
-        print(f"agent-datastore: {exc.detail}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except HTTPException as exc:
-        print(f"agent-datastore: {exc.detail}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+        cli.main(args=list(argv) if argv is not None else None, prog_name="agent-datastore")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,10 +38,8 @@ def test_demo_agents_use_the_store_as_the_reference_describes() -> None:
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["no-such-command"])
-    assert exited.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["no-such-command"]) == 2
+    assert "No such command 'no-such-command'" in capsys.readouterr().err
 
 
 def test_installed_console_script_runs_the_demo() -> None:
@@ -53,7 +51,25 @@ def test_installed_console_script_runs_the_demo() -> None:
     assert "3 matches" in result.stdout
     help_result = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert help_result.returncode == 0
-    assert "demo" in help_result.stdout
+    for command in ("demo", "users", "stats", "export", "import", "doctor", "purge"):
+        assert f"  {command} " in help_result.stdout
+
+
+def test_installed_console_script_exits_3_quickly_when_the_server_is_away() -> None:
+    import time
+
+    from .helpers import closed_port
+
+    script = shutil.which("agent-datastore", path=str(Path(sys.executable).parent))
+    assert script
+    uri = f"mongodb://127.0.0.1:{closed_port()}/?serverSelectionTimeoutMS=500"
+    started = time.monotonic()
+    result = subprocess.run([script, "--uri", uri, "users"], capture_output=True, text=True)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr.startswith("agent-datastore: database unavailable")
+    assert result.stderr.count("\n") == 1  # one line, no traceback
 
 
 def test_python_dash_m_reports_the_version() -> None:
@@ -61,7 +77,7 @@ def test_python_dash_m_reports_the_version() -> None:
         [sys.executable, "-m", "agent_datastore", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    assert result.stdout.startswith("agent-datastore 0.1.0")
+    assert result.stdout == "agent-datastore 0.1.0\n"
 
 
 def test_embedded_scale_script_runs() -> None:

@@ -37,7 +37,8 @@ def test_importing_the_package_loads_no_cli_demo_or_fake() -> None:
     script = (
         "import sys, agent_datastore\n"
         "loaded = [m for m in ('agent_datastore.cli', 'agent_datastore.demo', 'argparse',"
-        " 'mongomock_ng', 'mongomock', 'hypothesis', 'pytest') if m in sys.modules]\n"
+        " 'mongomock_ng', 'mongomock', 'hypothesis', 'pytest', 'click',"
+        " 'agent_datastore.admin') if m in sys.modules]\n"
         "print(loaded)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

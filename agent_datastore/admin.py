@@ -1,0 +1,338 @@
+"""Operator tasks over a whole store: inspect, repair, export, import and check it.
+
+The ``agent-datastore`` command is a thin shell over these functions; scripts can call them
+directly. Every question is answered by the server (``distinct``, ``count``, aggregation), never
+by pulling every document into the client, and every write goes through the same validation as
+the proxies.
+
+Export format (JSON Lines, one item per line)::
+
+    {"userId": "u", "agentName": "a", "namespace": "default", "key": "k",
+     "value": <the JSON value>, "metadata": {<name>: <JSON value>, ...},
+     "createdAt": "2026-11-26T10:29:09.123Z", "updatedAt": "2026-11-26T10:29:09.123Z"}
+
+Values and metadata are JSON already, so plain JSON holds them without loss; the two dates are
+ISO 8601 in UTC with MongoDB's millisecond precision. This is the documented equivalent of
+MongoDB Extended JSON for this schema.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import bson
+
+from . import _codec, _core
+from ._exceptions import translate_driver_errors
+from ._store import DataStore
+
+__all__ = [
+    "ImportReport",
+    "agents",
+    "count_items",
+    "doctor",
+    "export_items",
+    "import_items",
+    "item",
+    "keys",
+    "namespaces",
+    "purge",
+    "stats",
+    "users",
+]
+
+_SIMPLE = _core.SIMPLE_COLLATION
+_SCOPE_ORDER = [("userId", 1), ("agentName", 1), ("namespace", 1), ("key", 1)]
+_STRING_FIELDS = ("userId", "agentName", "namespace", "key")
+_DATE_FIELDS = ("createdAt", "updatedAt")
+# A document breaks the schema when a field is missing or of the wrong BSON type.
+_BROKEN_SCHEMA: dict[str, Any] = {
+    "$or": [
+        *({name: {"$not": {"$type": "string"}}} for name in _STRING_FIELDS),
+        {"value": {"$exists": False}},
+        {"metadata": {"$not": {"$type": "object"}}},
+        *({name: {"$not": {"$type": "date"}}} for name in _DATE_FIELDS),
+    ]
+}
+_EXPORT_FIELDS = ("userId", "agentName", "namespace", "key", "value", "metadata", *_DATE_FIELDS)
+
+
+def _collection(store: DataStore) -> Any:
+    # Inspection must work with read-only credentials, so it never creates the index.
+    return store._target
+
+
+def _scope_filter(
+    user_id: str | None = None, agent_name: str | None = None, namespace: str | None = None
+) -> dict[str, str]:
+    """A filter on a prefix of the index: user, then agent, then namespace."""
+    query: dict[str, str] = {}
+    if user_id is not None:
+        query["userId"] = _core.check_name(user_id, "user_id")
+        if agent_name is not None:
+            query["agentName"] = _core.check_name(agent_name, "agent_name")
+            if namespace is not None:
+                query["namespace"] = _core.check_name(namespace, "namespace")
+    elif agent_name is not None or namespace is not None:
+        raise ValueError("an agent needs its user, and a namespace its agent")
+    return query
+
+
+def users(store: DataStore) -> list[str]:
+    """Every user id that holds at least one item, sorted."""
+    with translate_driver_errors():
+        found = _collection(store).distinct("userId", {}, collation=_SIMPLE)
+    return sorted(name for name in found if isinstance(name, str))
+
+
+def agents(store: DataStore, user_id: str) -> list[str]:
+    """The agents of ``user_id`` that hold at least one item, sorted."""
+    with translate_driver_errors():
+        found = _collection(store).distinct("agentName", _scope_filter(user_id), collation=_SIMPLE)
+    return sorted(name for name in found if isinstance(name, str))
+
+
+def namespaces(store: DataStore, user_id: str, agent_name: str) -> list[str]:
+    return store.proxy(user_id, agent_name).list_namespaces()
+
+
+def keys(
+    store: DataStore,
+    user_id: str,
+    agent_name: str,
+    namespace: str = "default",
+    prefix: str | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """The keys of one namespace, sorted, at most ``limit`` of them."""
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    scope = _core.Scope.of(user_id, agent_name, namespace)
+    with translate_driver_errors():
+        cursor = _collection(store).find(
+            scope.keys_filter(_core.check_prefix(prefix)),
+            {"key": 1, "_id": 0},
+            sort=[("key", 1)],
+            limit=limit or 0,
+            collation=_SIMPLE,
+        )
+        return [document["key"] for document in cursor]
+
+
+def _iso(moment: Any) -> Any:
+    if not isinstance(moment, datetime):
+        return moment
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _item_record(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as an export record: decoded value and metadata, ISO dates."""
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict):
+        metadata = {name: _codec.decode(value) for name, value in metadata.items()}
+    record = {name: document.get(name) for name in _EXPORT_FIELDS}
+    record["value"] = _codec.decode(document.get("value"))
+    record["metadata"] = metadata
+    for name in _DATE_FIELDS:
+        record[name] = _iso(record[name])
+    return record
+
+
+def item(
+    store: DataStore, user_id: str, agent_name: str, key: str, namespace: str = "default"
+) -> dict[str, Any] | None:
+    """One item with its metadata, timestamps and stored size in bytes; ``None`` if absent."""
+    scope = _core.Scope.of(user_id, agent_name, namespace)
+    item_filter = scope.item_filter(_core.check_key(key))
+    with translate_driver_errors():
+        document = _collection(store).find_one(item_filter, collation=_SIMPLE)
+    if document is None:
+        return None
+    size = len(bson.encode(document))
+    return {**_item_record(document), "size": size}
+
+
+def stats(store: DataStore, top: int = 5) -> dict[str, Any]:
+    """Counts and sizes of the whole store, and its largest users, agents and namespaces."""
+    groups = {
+        "users": {"userId": "$userId"},
+        "agents": {"userId": "$userId", "agentName": "$agentName"},
+        "namespaces": {"userId": "$userId", "agentName": "$agentName", "namespace": "$namespace"},
+    }
+    size = {"$bsonSize": "$$ROOT"}
+    facets = {
+        name: [
+            {"$group": {"_id": key, "documents": {"$sum": 1}, "size": {"$sum": size}}},
+            {"$sort": {"size": -1, "_id": 1}},
+        ]
+        for name, key in groups.items()
+    }
+    total_group = {"_id": None, "documents": {"$sum": 1}, "size": {"$sum": size}}
+    pipeline = [{"$facet": {**facets, "total": [{"$group": total_group}]}}]
+    with translate_driver_errors():
+        (result,) = list(_collection(store).aggregate(pipeline, collation=_SIMPLE))
+    total = result["total"][0] if result["total"] else {"documents": 0, "size": 0}
+    summary: dict[str, Any] = {"documents": total["documents"], "size": total["size"]}
+    for name in groups:
+        summary[name] = len(result[name])
+    for name in groups:
+        summary[f"largest_{name}"] = [
+            {**group["_id"], "documents": group["documents"], "size": group["size"]}
+            for group in result[name][:top]
+        ]
+    return summary
+
+
+def count_items(
+    store: DataStore,
+    user_id: str | None = None,
+    agent_name: str | None = None,
+    namespace: str | None = None,
+) -> int:
+    with translate_driver_errors():
+        return int(
+            _collection(store).count_documents(
+                _scope_filter(user_id, agent_name, namespace), collation=_SIMPLE
+            )
+        )
+
+
+def purge(store: DataStore, user_id: str, agent_name: str | None = None) -> int:
+    """Delete every item of a user, or of one of its agents; the number deleted."""
+    with translate_driver_errors():
+        result = _collection(store).delete_many(
+            _scope_filter(user_id, agent_name), collation=_SIMPLE
+        )
+    return int(result.deleted_count)
+
+
+def export_items(
+    store: DataStore,
+    user_id: str | None = None,
+    agent_name: str | None = None,
+    namespace: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every item in the scope, in index order, as export records; streamed in batches."""
+    query = _scope_filter(user_id, agent_name, namespace)
+    with translate_driver_errors():
+        cursor = _collection(store).find(
+            query, {"_id": 0}, sort=_SCOPE_ORDER, batch_size=1000, collation=_SIMPLE
+        )
+        for document in cursor:
+            yield _item_record(document)
+
+
+@dataclass
+class ImportReport:
+    """What ``import_items`` did: items written, and the lines it refused with the reason."""
+
+    imported: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _parse_date(text: object, name: str) -> datetime:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be an ISO 8601 string")
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{name} must carry a time zone (Z for UTC)")
+    moment = moment.astimezone(timezone.utc)
+    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
+
+
+def _restore(record: object) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The filter and update that put an export record back exactly as it was."""
+    if not isinstance(record, dict):
+        raise TypeError("a line must hold a JSON object")
+    missing = [name for name in _EXPORT_FIELDS if name not in record]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    extra = sorted(set(record) - set(_EXPORT_FIELDS))
+    if extra:
+        raise ValueError(f"unknown field {', '.join(extra)}")
+    scope = _core.Scope.of(record["userId"], record["agentName"], record["namespace"])
+    key = _core.check_key(record["key"])
+    paths, metadata_size = _core.check_metadata(record["metadata"] or {})
+    created = _parse_date(record["createdAt"], "createdAt")
+    updated = _parse_date(record["updatedAt"], "updatedAt")
+    upsert = scope.upsert(key, record["value"], (paths, metadata_size), updated)
+    metadata = {path.removeprefix("metadata."): value for path, value in paths.items()}
+    document = {
+        "value": upsert.update["$set"]["value"],
+        "metadata": metadata,
+        "createdAt": created,
+        "updatedAt": updated,
+    }
+    return upsert.filter, {"$set": document}
+
+
+def import_items(
+    store: DataStore, lines: Iterable[tuple[int, str]], batch_size: int = 500
+) -> Iterator[ImportReport]:
+    """Write export records back, ``batch_size`` items per bulk write.
+
+    ``lines`` gives (line number, text). Each item replaces its value, metadata and timestamps,
+    so importing the same file twice gives the same state. A line that does not parse or
+    validate is recorded in the report with its number and skipped. Yields the running report
+    after each batch, so a caller can show progress; the last one is the total.
+    """
+    from pymongo import UpdateOne
+
+    report = ImportReport()
+    batch: list[Any] = []
+    store.ensure_indexes()
+
+    def flush() -> None:
+        if batch:
+            with translate_driver_errors():
+                _collection(store).bulk_write(batch, ordered=False)
+            report.imported += len(batch)
+            batch.clear()
+
+    for number, text in lines:
+        if not text.strip():
+            continue
+        try:
+            item_filter, update = _restore(json.loads(text))
+        except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            report.rejected.append((number, str(exc)))
+            continue
+        batch.append(UpdateOne(item_filter, update, upsert=True, collation=_SIMPLE))
+        if len(batch) >= batch_size:
+            flush()
+            yield report
+    flush()
+    yield report
+
+
+def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
+    """Check the store: round trip, server version, the unique index, and documents that
+    break the schema (with a few of them)."""
+    collection = _collection(store)
+    with translate_driver_errors():
+        started = time.perf_counter()
+        collection.database.command("ping")
+        latency_ms = (time.perf_counter() - started) * 1000
+        version = collection.database.client.server_info().get("version", "unknown")
+        indexes = collection.index_information()
+        documents = collection.count_documents({})
+        broken = collection.count_documents(_BROKEN_SCHEMA)
+        examples = list(collection.find(_BROKEN_SCHEMA, {"value": 0, "metadata": 0}, limit=sample))
+    matching = [name for name, spec in indexes.items() if _core.is_equivalent_index(spec)]
+    return {
+        "latency_ms": round(latency_ms, 3),
+        "server_version": version,
+        "unique_index": matching[0] if matching else None,
+        "documents": documents,
+        "invalid_documents": broken,
+        "invalid_sample": [{k: str(v) for k, v in doc.items()} for doc in examples],
+        "healthy": bool(matching) and broken == 0,
+    }

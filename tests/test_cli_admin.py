@@ -1,0 +1,227 @@
+"""The admin commands, driven in-process against the embedded store."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+import agent_datastore
+from agent_datastore import DataStore, admin
+from agent_datastore.cli import cli
+
+
+@pytest.fixture
+def store() -> Iterator[DataStore]:
+    with agent_datastore.connect("mongomock://") as embedded:
+        ada = embedded.proxy("ada", "indexer")
+        ada.set_many({"config": {"timeout": 30}, "files:a": 1, "files:b": 2}, metadata={"v": 1})
+        ada.use_namespace("cache").set("k", "x" * 500)
+        embedded.proxy("ada", "search").set("k", None)
+        embedded.proxy("bob", "indexer").set("k", [1, 2, 3])
+        yield embedded
+
+
+def run(store: DataStore, *args: str, input: str | None = None) -> Result:
+    # the store is handed over in the context object, so every command sees the same data
+    return CliRunner().invoke(cli, list(args), obj={"store": store}, input=input)
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return result.stdout
+
+
+def test_users_agents_namespaces_keys(store: DataStore) -> None:
+    assert ok(run(store, "users")) == "ada\nbob\n"
+    assert ok(run(store, "agents", "ada")) == "indexer\nsearch\n"
+    assert ok(run(store, "namespaces", "ada", "indexer")) == "cache\ndefault\n"
+    assert ok(run(store, "keys", "ada", "indexer")) == "config\nfiles:a\nfiles:b\n"
+    assert ok(run(store, "keys", "ada", "indexer", "--prefix", "files:", "--limit", "1")) == (
+        "files:a\n"
+    )
+    assert json.loads(ok(run(store, "keys", "ada", "indexer", "-n", "cache", "--json"))) == ["k"]
+
+
+def test_get_shows_an_item_and_exits_1_when_missing(store: DataStore) -> None:
+    text = ok(run(store, "get", "ada", "indexer", "config"))
+    assert 'metadata:   {"v": 1}' in text
+    assert '"timeout": 30' in text
+    assert "bytes" in text
+    shown = json.loads(ok(run(store, "get", "ada", "indexer", "config", "--json")))
+    assert shown["value"] == {"timeout": 30}
+    assert shown["createdAt"].endswith("Z")
+    assert shown["size"] > 100
+    missing = run(store, "get", "ada", "indexer", "nope")
+    assert missing.exit_code == 1
+    assert "no key 'nope'" in missing.stderr
+
+
+def test_stats_is_answered_by_aggregation(store: DataStore) -> None:
+    summary = json.loads(ok(run(store, "stats", "--json", "--top", "2")))
+    assert (summary["documents"], summary["users"], summary["agents"], summary["namespaces"]) == (
+        6,
+        2,
+        3,
+        4,
+    )
+    assert summary["largest_users"][0]["userId"] == "ada"
+    assert len(summary["largest_namespaces"]) == 2
+    assert summary["size"] == sum(g["size"] for g in admin.stats(store, 10)["largest_users"])
+    assert "largest namespaces:" in ok(run(store, "stats"))
+
+
+def test_set_parses_json_and_rejects_bad_input(store: DataStore) -> None:
+    ok(run(store, "set", "ada", "indexer", "new", '{"a": [1, 2]}', "-m", '{"by": "cli"}'))
+    assert store.proxy("ada", "indexer").get("new") == {"a": [1, 2]}
+    bad_json = run(store, "set", "ada", "indexer", "k", "{not json")
+    assert bad_json.exit_code == 2
+    assert "VALUE is not valid JSON" in bad_json.stderr
+    bad_meta = run(store, "set", "ada", "indexer", "k", "1", "-m", '{"a.b": 1}')
+    assert bad_meta.exit_code == 2
+    assert "metadata name 'a.b'" in bad_meta.stderr
+
+
+def test_destructive_commands_need_yes_off_a_terminal(store: DataStore) -> None:
+    before = admin.count_items(store)
+    for args in (
+        ["delete", "ada", "indexer", "config"],
+        ["clear", "ada", "indexer", "--namespace", "default"],
+        ["purge", "ada"],
+    ):
+        refused = run(store, *args)
+        assert refused.exit_code == 2
+        assert "without --yes" in refused.stderr
+    assert admin.count_items(store) == before
+
+
+def test_delete_clear_and_purge_report_what_they_removed(store: DataStore) -> None:
+    assert ok(run(store, "delete", "ada", "indexer", "config", "--yes")) == (
+        "deleted 1 item: 'config'\n"
+    )
+    assert run(store, "delete", "ada", "indexer", "config", "--yes").exit_code == 1
+    assert json.loads(
+        ok(run(store, "clear", "ada", "indexer", "-n", "default", "-y", "--json"))
+    ) == {"deleted": 2}
+    assert ok(run(store, "purge", "ada", "search", "--yes")) == (
+        "erased 1 items of user 'ada', agent 'search'\n"
+    )
+    assert ok(run(store, "purge", "ada", "--yes")) == "erased 1 items of user 'ada'\n"
+    assert admin.users(store) == ["bob"]
+
+
+def test_export_then_import_gives_back_an_identical_store(store: DataStore, tmp_path: Path) -> None:
+    awkward = store.proxy("ada", "odd", "n\x00s")
+    awkward.set("k.$", {"a.b": 2**70, "$x": [1.5, None, "é"]}, metadata={"cost$": {"$": 1}})
+    dump = tmp_path / "items.jsonl"
+    assert ok(run(store, "export", "-o", str(dump))) == f"exported 7 items to {dump}\n"
+    exported = list(admin.export_items(store))
+
+    with agent_datastore.connect("mongomock://") as target:
+        for _ in range(2):  # importing twice gives the same state
+            assert ok(run(target, "import", str(dump))) == "imported 7 items, rejected 0 lines\n"
+            assert list(admin.export_items(target)) == exported
+            assert admin.count_items(target) == 7
+        assert target.proxy("ada", "odd", "n\x00s").get("k.$") == {
+            "a.b": 2**70,
+            "$x": [1.5, None, "é"],
+        }
+
+
+def test_export_of_one_scope(store: DataStore, tmp_path: Path) -> None:
+    dump = tmp_path / "ada.jsonl"
+    ok(run(store, "export", "ada", "indexer", "cache", "-o", str(dump)))
+    (line,) = dump.read_text().splitlines()
+    record = json.loads(line)
+    assert (record["userId"], record["agentName"], record["namespace"], record["key"]) == (
+        "ada",
+        "indexer",
+        "cache",
+        "k",
+    )
+
+
+def test_import_reports_bad_lines_by_number_and_keeps_the_good(
+    store: DataStore, tmp_path: Path
+) -> None:
+    good: dict[str, Any] = next(admin.export_items(store, "bob"))
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "key": ""}),
+        "",
+        json.dumps({**good, "key": "second"}),
+        json.dumps({**good, "value": float("nan")}),
+        json.dumps({k: v for k, v in good.items() if k != "createdAt"}),
+        json.dumps({**good, "key": "third", "metadata": {"a.b": 1}}),
+    ]
+    dump = tmp_path / "mixed.jsonl"
+    dump.write_text("\n".join(lines) + "\n")
+    with agent_datastore.connect("mongomock://") as target:
+        result = run(target, "import", str(dump))
+        assert result.exit_code == 4
+        assert result.stdout == "imported 2 items, rejected 5 lines\n"
+        rejected = [re.search(r"\.jsonl:(\d+): ", line)[1] for line in result.stderr.splitlines()]
+        assert rejected == ["2", "3", "6", "7", "8"]
+        assert target.proxy("bob", "indexer").list_keys() == ["k", "second"]
+
+
+def test_doctor_reports_health_and_broken_documents(store: DataStore) -> None:
+    ok(run(store, "ensure-indexes"))
+    report = json.loads(ok(run(store, "doctor", "--json")))
+    assert report["healthy"] is True
+    assert report["unique_index"] == "userId_1_agentName_1_namespace_1_key_1"
+    assert report["documents"] == 6
+    store.collection.insert_one({"userId": 7, "key": "broken"})
+    unhealthy = run(store, "doctor")
+    assert unhealthy.exit_code == 1
+    assert "invalid documents: 1" in unhealthy.stdout
+    assert "broken" in unhealthy.stdout
+
+
+def test_doctor_reports_a_missing_index() -> None:
+    with agent_datastore.connect("mongomock://") as empty:
+        result = run(empty, "doctor")
+    assert result.exit_code == 1
+    assert "MISSING (run ensure-indexes)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["users"],
+        ["agents", "ada"],
+        ["namespaces", "ada", "indexer"],
+        ["keys", "ada", "indexer"],
+        ["get", "ada", "indexer", "config"],
+        ["stats"],
+        ["set", "ada", "indexer", "k", "1"],
+        ["delete", "ada", "indexer", "config", "--yes"],
+        ["clear", "ada", "indexer", "-n", "cache", "--yes"],
+        ["purge", "bob", "--yes"],
+        ["doctor"],
+        ["ensure-indexes"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_every_command_has_json_output(store: DataStore, args: list[str]) -> None:
+    store.ensure_indexes()
+    result = run(store, *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    json.loads(result.stdout)
+
+
+def test_without_a_uri_the_embedded_store_is_used_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AGENT_DATASTORE_URI", raising=False)
+    result = CliRunner().invoke(cli, ["users"])
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "nothing persists" in result.stderr
