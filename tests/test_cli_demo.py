@@ -88,3 +88,65 @@ def test_embedded_scale_script_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("    10 items: set ")
     assert "set_many(10)" in result.stdout
+
+
+def test_installed_console_script_exports_then_imports_thousands_of_items(
+    tmp_path: Path,
+) -> None:
+    """Two processes of the script, one exporting from a server and one importing into
+    another, through a file: the second server ends up holding exactly the same items."""
+    from datetime import datetime, timedelta, timezone
+
+    import bson
+
+    from agent_datastore import _codec
+
+    from .standin import StandInServer
+
+    script = shutil.which("agent-datastore", path=str(Path(sys.executable).parent))
+    assert script
+    source, target = StandInServer(), StandInServer()
+    try:
+        start = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+        values: list[object] = [{"n": 1}, [1.5, None], "é\x00", {"a.b": 2**70}, True, {"$x": {}}]
+        for i in range(3000):
+            source.put(
+                {
+                    "userId": f"user-{i % 7}",
+                    "agentName": f"agent-{i % 3}",
+                    "namespace": f"ns:{i % 5}",
+                    "key": f"key-{i:05d}",
+                    "value": _codec.encode(values[i % len(values)], 2)[0],
+                    "metadata": {"batch": i // 100, "odd$": _codec.encode({"$": i}, 3)[0]},
+                    "createdAt": start + timedelta(seconds=i),
+                    "updatedAt": start + timedelta(seconds=i, milliseconds=1),
+                }
+            )
+        dump = tmp_path / "items.jsonl"
+        exported = subprocess.run(
+            [script, "--uri", source.uri, "export", "-o", str(dump)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert exported.returncode == 0, exported.stderr
+        assert exported.stdout == f"exported 3000 items to {dump}\n"
+        assert len(dump.read_text().splitlines()) == 3000
+
+        imported = subprocess.run(
+            [script, "--uri", target.uri, "import", str(dump)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert imported.returncode == 0, imported.stderr
+        assert imported.stdout == "imported 3000 items, rejected 0 lines\n"
+        assert source.unexpected == target.unexpected == []
+
+        def as_stored(items: dict[tuple[str, ...], dict[str, object]]) -> dict[object, object]:
+            return {scope: bson.decode(bson.encode(doc)) for scope, doc in items.items()}
+
+        assert as_stored(target.items) == as_stored(source.items)
+    finally:
+        source.stop()
+        target.stop()
