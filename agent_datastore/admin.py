@@ -168,25 +168,25 @@ def stats(store: DataStore, top: int = 5) -> dict[str, Any]:
         "namespaces": {"userId": "$userId", "agentName": "$agentName", "namespace": "$namespace"},
     }
     size = {"$bsonSize": "$$ROOT"}
-    facets = {
-        name: [
-            {"$group": {"_id": key, "documents": {"$sum": 1}, "size": {"$sum": size}}},
-            {"$sort": {"size": -1, "_id": 1}},
-        ]
-        for name, key in groups.items()
-    }
-    total_group = {"_id": None, "documents": {"$sum": 1}, "size": {"$sum": size}}
-    pipeline = [{"$facet": {**facets, "total": [{"$group": total_group}]}}]
+    facets: dict[str, list[dict[str, Any]]] = {}
+    for name, key in groups.items():
+        group = {"$group": {"_id": key, "documents": {"$sum": 1}, "size": {"$sum": size}}}
+        # only counts and the top few leave the server: the facet result must fit 16 MiB
+        facets[name] = [{"$group": {"_id": key}}, {"$count": "n"}]
+        facets[f"largest_{name}"] = [group, {"$sort": {"size": -1, "_id": 1}}, {"$limit": top}]
+    facets["total"] = [{"$group": {"_id": None, "documents": {"$sum": 1}, "size": {"$sum": size}}}]
     with translate_driver_errors():
-        (result,) = list(_collection(store).aggregate(pipeline, collation=_SIMPLE))
+        (result,) = list(
+            _collection(store).aggregate([{"$facet": facets}], collation=_SIMPLE, allowDiskUse=True)
+        )
     total = result["total"][0] if result["total"] else {"documents": 0, "size": 0}
     summary: dict[str, Any] = {"documents": total["documents"], "size": total["size"]}
     for name in groups:
-        summary[name] = len(result[name])
+        summary[name] = result[name][0]["n"] if result[name] else 0
     for name in groups:
         summary[f"largest_{name}"] = [
             {**group["_id"], "documents": group["documents"], "size": group["size"]}
-            for group in result[name][:top]
+            for group in result[f"largest_{name}"]
         ]
     return summary
 

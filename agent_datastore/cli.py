@@ -119,10 +119,14 @@ def _print_names(names: list[str], as_json: bool) -> None:
             click.echo(name)
 
 
+def _on_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def _confirm(question: str, yes: bool) -> None:
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not _on_terminal():
         raise CommandError(f"{question} Refusing without --yes when not on a terminal.", EXIT_USAGE)
     if not click.confirm(question, default=False, err=True):
         raise CommandError("nothing was changed", EXIT_NOT_FOUND)

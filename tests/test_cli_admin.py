@@ -225,3 +225,27 @@ def test_without_a_uri_the_embedded_store_is_used_with_a_warning(
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert "nothing persists" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("answer", "exit_code", "left"), [("y\n", 0, 5), ("n\n", 1, 6), ("\n", 1, 6)]
+)
+def test_on_a_terminal_destructive_commands_ask_first(
+    store: DataStore, monkeypatch: pytest.MonkeyPatch, answer: str, exit_code: int, left: int
+) -> None:
+    monkeypatch.setattr("agent_datastore.cli._on_terminal", lambda: True)
+    result = run(store, "delete", "ada", "indexer", "config", input=answer)
+    assert result.exit_code == exit_code
+    assert "Delete 'config' from ada/indexer/default? [y/N]" in result.stderr
+    assert admin.count_items(store) == left
+
+
+def test_export_to_standard_output(store: DataStore) -> None:
+    lines = ok(run(store, "export", "bob", "-o", "-")).splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["k"]
+
+
+def test_an_agent_needs_its_user_and_limits_are_checked(store: DataStore) -> None:
+    assert run(store, "keys", "ada", "indexer", "--limit", "0").exit_code == 2
+    assert run(store, "purge", "", "--yes").exit_code == 2
+    assert admin.count_items(store) == 6
