@@ -26,9 +26,7 @@ def test_import_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     with connect("mongomock://") as store:
         store.proxy("u", "a").set_many({f"k{i}": i for i in range(50)})
         dump = tmp_path / "items.jsonl"
-        dump.write_text(
-            "".join(f"{__import__('json').dumps(r)}\n" for r in admin.export_items(store))
-        )
+        dump.write_text("".join(json.dumps(record) + "\n" for record in admin.export_items(store)))
 
     leader, follower = pty.openpty()
     try:
