@@ -150,3 +150,57 @@ def test_installed_console_script_exports_then_imports_thousands_of_items(
     finally:
         source.stop()
         target.stop()
+
+
+def test_nightly_export_script_writes_a_dated_archive_and_keeps_the_newest(
+    tmp_path: Path,
+) -> None:
+    import gzip
+    import os
+    from datetime import datetime
+
+    from .standin import StandInServer
+
+    script = Path(__file__).parent.parent / "scripts" / "nightly_export.sh"
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    environment.pop("AGENT_DATASTORE_URI", None)
+    refused = subprocess.run(
+        ["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=environment
+    )
+    assert refused.returncode == 2
+    assert "set AGENT_DATASTORE_URI" in refused.stderr
+
+    for old in ("2020-01-01", "2020-01-02", "2020-01-03"):
+        (tmp_path / f"agent-datastore-{old}.jsonl.gz").write_bytes(gzip.compress(b""))
+    server = StandInServer()
+    try:
+        for i in range(20):
+            server.put(
+                {
+                    "userId": "u",
+                    "agentName": "a",
+                    "namespace": "default",
+                    "key": f"k{i}",
+                    "value": i,
+                    "metadata": {},
+                    "createdAt": datetime(2026, 1, 1),
+                    "updatedAt": datetime(2026, 1, 1),
+                }
+            )
+        environment["AGENT_DATASTORE_URI"] = server.uri
+        result = subprocess.run(
+            ["bash", str(script), str(tmp_path), "2"],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    archives = sorted(p.name for p in tmp_path.glob("agent-datastore-*.jsonl.gz"))
+    assert len(archives) == 2
+    assert archives[0] == "agent-datastore-2020-01-03.jsonl.gz"
+    newest = tmp_path / archives[1]
+    assert result.stdout == f"exported 20 items to {newest}\n"
+    assert len(gzip.decompress(newest.read_bytes()).splitlines()) == 20
