@@ -111,6 +111,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _items(count: int) -> str:
+    return f"{count} item" if count == 1 else f"{count} items"
+
+
 def _print_names(names: list[str], as_json: bool) -> None:
     if as_json:
         _print_json(names)
@@ -323,7 +327,7 @@ def delete(
     _confirm(f"Delete {key!r} from {user}/{agent}/{namespace}?", yes)
     if not proxy.delete(key):
         raise CommandError(f"no key {key!r} in {user}/{agent}/{namespace}", EXIT_NOT_FOUND)
-    _print_json({"deleted": 1}) if as_json else click.echo(f"deleted 1 item: {key!r}")
+    _print_json({"deleted": 1}) if as_json else click.echo(f"deleted {_items(1)}: {key!r}")
 
 
 @cli.command()
@@ -341,7 +345,7 @@ def clear(
     _confirm(f"Delete every item of {user}/{agent}/{namespace}?", yes)
     deleted = proxy.clear()
     _print_json({"deleted": deleted}) if as_json else click.echo(
-        f"deleted {deleted} items from {user}/{agent}/{namespace}"
+        f"deleted {_items(deleted)} from {user}/{agent}/{namespace}"
     )
 
 
@@ -358,7 +362,7 @@ def purge(ctx: click.Context, user: str, agent: str | None, yes: bool, as_json: 
     _confirm(f"Erase every item of {scope}, in every namespace?", yes)
     deleted = admin.purge(store, user, agent)
     _print_json({"deleted": deleted}) if as_json else click.echo(
-        f"erased {deleted} items of {scope}"
+        f"erased {_items(deleted)} of {scope}"
     )
 
 
@@ -400,7 +404,7 @@ def export_(
             bar.update(1)
     report = {"exported": written, "file": output}
     if output != "-":
-        _print_json(report) if as_json else click.echo(f"exported {written} items to {output}")
+        _print_json(report) if as_json else click.echo(f"exported {_items(written)} to {output}")
 
 
 def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, str]]:
@@ -432,7 +436,7 @@ def import_(ctx: click.Context, file: str, batch_size: int, as_json: bool) -> No
         click.echo(f"agent-datastore: {file}:{number}: {reason}", err=True)
     summary = {"imported": report.imported, "rejected": len(report.rejected)}
     _print_json(summary) if as_json else click.echo(
-        f"imported {report.imported} items, rejected {len(report.rejected)} lines"
+        f"imported {_items(report.imported)}, rejected {len(report.rejected)} lines"
     )
     if report.rejected:
         ctx.exit(EXIT_REFUSED)

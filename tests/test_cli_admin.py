@@ -109,9 +109,9 @@ def test_delete_clear_and_purge_report_what_they_removed(store: DataStore) -> No
         ok(run(store, "clear", "ada", "indexer", "-n", "default", "-y", "--json"))
     ) == {"deleted": 2}
     assert ok(run(store, "purge", "ada", "search", "--yes")) == (
-        "erased 1 items of user 'ada', agent 'search'\n"
+        "erased 1 item of user 'ada', agent 'search'\n"
     )
-    assert ok(run(store, "purge", "ada", "--yes")) == "erased 1 items of user 'ada'\n"
+    assert ok(run(store, "purge", "ada", "--yes")) == "erased 1 item of user 'ada'\n"
     assert admin.users(store) == ["bob"]
 
 
