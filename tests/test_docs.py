@@ -26,3 +26,11 @@ def test_relative_links_in_the_docs_point_at_files_that_exist() -> None:
         prose = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", prose):
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_every_command_is_shown_in_the_cli_page() -> None:
+    from agent_datastore.cli import cli
+
+    page = (ROOT / "docs" / "cli.md").read_text()
+    for name in cli.commands:
+        assert f"$ agent-datastore {name}" in page or f"`agent-datastore {name}`" in page, name
