@@ -171,11 +171,15 @@ def cli(ctx: click.Context, uri: str | None) -> None:
 
 
 @cli.command()
-def demo() -> None:
+@_json_flag
+def demo(as_json: bool) -> None:
     """Run the reference's complete example in memory."""
     from .demo import run_demo
 
-    run_demo()
+    if as_json:
+        _print_json(run_demo(echo=lambda _line: None))
+    else:
+        run_demo()
 
 
 @cli.command()

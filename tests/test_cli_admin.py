@@ -206,6 +206,7 @@ def test_doctor_reports_a_missing_index() -> None:
         ["purge", "bob", "--yes"],
         ["doctor"],
         ["ensure-indexes"],
+        ["demo"],
     ],
     ids=lambda args: args[0],
 )
