@@ -37,6 +37,7 @@ __all__ = [
     "count_items",
     "doctor",
     "export_items",
+    "export_lines",
     "import_items",
     "item",
     "keys",
@@ -228,6 +229,29 @@ def export_items(
         )
         for document in cursor:
             yield _item_record(document)
+
+
+def export_lines(
+    store: DataStore,
+    user_id: str | None = None,
+    agent_name: str | None = None,
+    namespace: str | None = None,
+) -> Iterator[tuple[str | None, str | None]]:
+    """The export as JSON Lines text: ``(line, None)`` for each item, and ``(None, reason)`` for
+    a document that breaks the schema so badly that it cannot be exported (a value that is not
+    JSON, such as an ObjectId written by hand). The export goes on past such documents."""
+    query = _scope_filter(user_id, agent_name, namespace)
+    with translate_driver_errors():
+        cursor = _collection(store).find(
+            query, {"_id": 0}, sort=_SCOPE_ORDER, batch_size=1000, collation=_SIMPLE
+        )
+        for document in cursor:
+            try:
+                record = _item_record(document)
+                yield json.dumps(record, ensure_ascii=False, allow_nan=False), None
+            except (TypeError, ValueError, KeyError) as exc:
+                scope = "/".join(str(document.get(name)) for name in _STRING_FIELDS)
+                yield None, f"{scope}: cannot be exported ({type(exc).__name__}: {exc})"
 
 
 @dataclass

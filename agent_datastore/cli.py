@@ -2,8 +2,8 @@
 formats the result. It never talks to pymongo itself.
 
 Exit codes: 0 success; 1 not found, a failed check or a declined confirmation; 2 usage error
-or invalid input; 3 database unavailable; 4 the database refused the operation, or an import
-rejected some lines.
+or invalid input; 3 database unavailable; 4 the database refused the operation, an import
+rejected some lines, or an export skipped documents that are not JSON.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def cli(ctx: click.Context, uri: str | None) -> None:
       1  not found, a failed check, or a declined confirmation
       2  usage error or invalid input
       3  database unavailable
-      4  the database refused the operation, or an import rejected lines
+      4  refused by the database, or an import or export skipped some input
     """
     ctx.ensure_object(dict).setdefault("uri", uri)
 
@@ -400,15 +400,24 @@ def export_(
     """Write items as JSON Lines (all, or one scope's)."""
     store = _store(ctx)
     total = admin.count_items(store, user, agent, namespace)
-    written = 0
+    written, skipped = 0, 0
     with click.open_file(output, "w", encoding="utf-8") as out, _progress(total, "export") as bar:
-        for record in admin.export_items(store, user, agent, namespace):
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            written += 1
+        for line, problem in admin.export_lines(store, user, agent, namespace):
+            if line is None:
+                click.echo(f"agent-datastore: skipped {problem}", err=True)
+                skipped += 1
+            else:
+                out.write(line + "\n")
+                written += 1
             bar.update(1)
-    report = {"exported": written, "file": output}
+    report = {"exported": written, "skipped": skipped, "file": output}
     if output != "-":
-        _print_json(report) if as_json else click.echo(f"exported {_items(written)} to {output}")
+        text = f"exported {_items(written)} to {output}"
+        _print_json(report) if as_json else click.echo(
+            text + (f", skipped {skipped}" if skipped else "")
+        )
+    if skipped:
+        ctx.exit(EXIT_REFUSED)
 
 
 def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, str]]:

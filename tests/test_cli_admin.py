@@ -250,3 +250,25 @@ def test_an_agent_needs_its_user_and_limits_are_checked(store: DataStore) -> Non
     assert run(store, "keys", "ada", "indexer", "--limit", "0").exit_code == 2
     assert run(store, "purge", "", "--yes").exit_code == 2
     assert admin.count_items(store) == 6
+
+
+def test_export_skips_and_reports_documents_that_are_not_json(
+    store: DataStore, tmp_path: Path
+) -> None:
+    from bson import ObjectId
+
+    store.collection.insert_one(
+        {
+            "userId": "ada",
+            "agentName": "indexer",
+            "namespace": "default",
+            "key": "zz",
+            "value": ObjectId(),
+        }
+    )
+    dump = tmp_path / "items.jsonl"
+    result = run(store, "export", "-o", str(dump))
+    assert result.exit_code == 4
+    assert result.stdout == f"exported 6 items to {dump}, skipped 1\n"
+    assert "skipped ada/indexer/default/zz: cannot be exported (TypeError" in result.stderr
+    assert len(dump.read_text().splitlines()) == 6
