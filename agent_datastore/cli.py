@@ -59,6 +59,8 @@ class _Group(click.Group):
             raise CommandError(exc.detail, EXIT_REFUSED) from exc
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc), EXIT_USAGE) from exc
+        except OSError as exc:  # a file that cannot be read or written
+            raise CommandError(f"{exc.strerror or exc}: {exc.filename}", EXIT_USAGE) from exc
 
 
 def _store(ctx: click.Context) -> DataStore:
@@ -428,7 +430,7 @@ def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, str]]:
 
 
 @cli.command(name="import")
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option(
     "--batch-size",
     default=500,

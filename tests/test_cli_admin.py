@@ -272,3 +272,13 @@ def test_export_skips_and_reports_documents_that_are_not_json(
     assert result.stdout == f"exported 6 items to {dump}, skipped 1\n"
     assert "skipped ada/indexer/default/zz: cannot be exported (TypeError" in result.stderr
     assert len(dump.read_text().splitlines()) == 6
+
+
+def test_file_problems_are_one_line_errors(store: DataStore, tmp_path: Path) -> None:
+    missing = run(store, "import", str(tmp_path / "nope.jsonl"))
+    assert missing.exit_code == 2
+    assert "does not exist" in missing.stderr
+    unwritable = run(store, "export", "-o", str(tmp_path / "no-such-dir" / "x.jsonl"))
+    assert unwritable.exit_code == 2
+    assert unwritable.stderr.startswith("agent-datastore: No such file or directory: ")
+    assert "Traceback" not in unwritable.stderr + missing.stderr
