@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from bson.errors import InvalidDocument
+from bson.errors import InvalidBSON, InvalidDocument
 from pymongo import errors as pymongo_errors
 
 __all__ = [
@@ -132,12 +132,12 @@ def translate_driver_errors(keys: Sequence[str] = ()) -> Iterator[None]:
     """
     try:
         yield
-    except (pymongo_errors.PyMongoError, InvalidDocument) as exc:
+    except (pymongo_errors.PyMongoError, InvalidDocument, InvalidBSON) as exc:
         raise _translate(exc, keys) from exc
 
 
 def _translate(
-    exc: pymongo_errors.PyMongoError | InvalidDocument, keys: Sequence[str]
+    exc: pymongo_errors.PyMongoError | InvalidDocument | InvalidBSON, keys: Sequence[str]
 ) -> Exception:
     if isinstance(exc, pymongo_errors.ConnectionFailure):
         # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout, NotPrimaryError and
@@ -165,6 +165,8 @@ def _translate(
         return DataStoreError(f"the database refused the operation ({_describe(exc)})")
     if isinstance(exc, InvalidDocument):
         return ValueError(f"cannot encode {_name_items(keys)} for MongoDB ({exc})")
+    if isinstance(exc, InvalidBSON):  # e.g. a date written by hand outside Python's range
+        return DataStoreError(f"a stored document cannot be decoded ({_describe(exc)})")
     return DataStoreError(f"database driver error ({_describe(exc)})")
 
 

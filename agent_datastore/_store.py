@@ -17,7 +17,14 @@ from urllib.parse import unquote, urlsplit
 from bson.codec_options import CodecOptions
 from pymongo import MongoClient, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import (
+    BulkWriteError,
+    ConfigurationError,
+    DuplicateKeyError,
+    InvalidName,
+    InvalidURI,
+    OperationFailure,
+)
 
 from . import _core, _embedded
 from ._exceptions import DataStoreUnavailable, translate_driver_errors
@@ -334,14 +341,22 @@ def connect(
             # pymongo resolves SRV records in the constructor when connect=True, which blocks
             # and raises without DNS; deferred, the lookup happens on first use.
             defaults["connect"] = False
-        client = MongoClient(uri, **defaults, **options)
+        try:
+            client = MongoClient(uri, **defaults, **options)
+        except (InvalidURI, ConfigurationError) as exc:  # the caller's URI or options
+            raise ValueError(f"invalid MongoDB URI or option: {exc}") from exc
     else:
         raise ValueError(
             f"unsupported URI scheme {parts.scheme!r}: use mongodb://, mongodb+srv:// "
             "or mongomock://"
         )
     database = database or unquote(parts.path.lstrip("/")) or DEFAULT_DATABASE
-    store = DataStore(client[database][collection], ensure_indexes=ensure_indexes)
+    try:
+        target = client[database][collection]
+    except (InvalidName, TypeError) as exc:
+        client.close()
+        raise ValueError(f"invalid database or collection name: {exc}") from exc
+    store = DataStore(target, ensure_indexes=ensure_indexes)
     store._owned_client = client
     return store
 

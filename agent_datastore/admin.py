@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import bson
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
 from . import _codec, _core
 from ._exceptions import translate_driver_errors
@@ -58,6 +60,8 @@ _BROKEN_SCHEMA: dict[str, Any] = {
         {"value": {"$exists": False}},
         {"metadata": {"$not": {"$type": "object"}}},
         *({name: {"$not": {"$type": "date"}}} for name in _DATE_FIELDS),
+        # $type matches an array when one element has the type: arrays need their own test
+        *({name: {"$type": "array"}} for name in (*_STRING_FIELDS, "metadata", *_DATE_FIELDS)),
     ]
 }
 _EXPORT_FIELDS = ("userId", "agentName", "namespace", "key", "value", "metadata", *_DATE_FIELDS)
@@ -131,7 +135,8 @@ def _iso(moment: Any) -> Any:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat pads the year to four digits, which strftime("%Y") does not on every platform
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def _item_record(document: dict[str, Any]) -> dict[str, Any]:
@@ -256,10 +261,11 @@ def export_lines(
 
 @dataclass
 class ImportReport:
-    """What ``import_items`` did: items written, and the lines it refused with the reason."""
+    """What ``import_items`` did: items written, and lines refused (each reported as it
+    happens to ``on_reject``)."""
 
     imported: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)
+    rejected: int = 0
 
 
 def _parse_date(text: object, name: str) -> datetime:
@@ -299,37 +305,58 @@ def _restore(record: object) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def import_items(
-    store: DataStore, lines: Iterable[tuple[int, str]], batch_size: int = 500
+    store: DataStore,
+    lines: Iterable[tuple[int, str | bytes]],
+    batch_size: int = 500,
+    on_reject: Callable[[int, str], None] | None = None,
 ) -> Iterator[ImportReport]:
     """Write export records back, ``batch_size`` items per bulk write.
 
-    ``lines`` gives (line number, text). Each item replaces its value, metadata and timestamps,
-    so importing the same file twice gives the same state. A line that does not parse or
-    validate is recorded in the report with its number and skipped. Yields the running report
-    after each batch, so a caller can show progress; the last one is the total.
+    ``lines`` gives (line number, text or UTF-8 bytes). Each item replaces its value, metadata
+    and timestamps, so importing the same file twice gives the same state. A line that does
+    not decode, parse or validate, or that the server refuses, is passed to ``on_reject`` with
+    its number and the reason, and skipped; nothing about it is kept, so memory stays flat.
+    Yields the running report after each batch (for progress); the last one is the total.
     """
-    from pymongo import UpdateOne
-
     report = ImportReport()
-    batch: list[Any] = []
+    batch: list[UpdateOne] = []
+    batch_lines: list[int] = []
     store.ensure_indexes()
 
-    def flush() -> None:
-        if batch:
-            with translate_driver_errors():
-                _collection(store).bulk_write(batch, ordered=False)
-            report.imported += len(batch)
-            batch.clear()
+    def reject(number: int, reason: str) -> None:
+        report.rejected += 1
+        if on_reject is not None:
+            on_reject(number, reason)
 
-    for number, text in lines:
-        if not text.strip():
-            continue
+    def flush() -> None:
+        if not batch:
+            return
+        failed: list[dict[str, Any]] = []
+        with translate_driver_errors():
+            try:
+                _collection(store).bulk_write(batch, ordered=False)
+            except BulkWriteError as exc:
+                details = exc.details or {}
+                failed = details.get("writeErrors") or []
+                if not failed or details.get("writeConcernErrors"):
+                    raise
+        for error in failed:
+            reject(batch_lines[error["index"]], f"refused by the server: {error.get('errmsg')}")
+        report.imported += len(batch) - len(failed)
+        batch.clear()
+        batch_lines.clear()
+
+    for number, raw in lines:
         try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            if not text.strip():
+                continue
             item_filter, update = _restore(json.loads(text))
-        except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-            report.rejected.append((number, str(exc)))
+        except (TypeError, ValueError) as exc:  # decode and JSON errors are ValueErrors
+            reject(number, str(exc))
             continue
         batch.append(UpdateOne(item_filter, update, upsert=True, collation=_SIMPLE))
+        batch_lines.append(number)
         if len(batch) >= batch_size:
             flush()
             yield report
@@ -342,6 +369,7 @@ def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
     break the schema (with a few of them)."""
     collection = _collection(store)
     with translate_driver_errors():
+        collection.database.command("ping")  # selects the server and opens a connection
         started = time.perf_counter()
         collection.database.command("ping")
         latency_ms = (time.perf_counter() - started) * 1000

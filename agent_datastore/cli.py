@@ -3,7 +3,7 @@ formats the result. It never talks to pymongo itself.
 
 Exit codes: 0 success; 1 not found, a failed check or a declined confirmation; 2 usage error
 or invalid input; 3 database unavailable; 4 the database refused the operation, an import
-rejected some lines, or an export skipped documents that are not JSON.
+rejected some lines, or an export skipped documents that are not JSON; 5 internal error.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_REFUSED = 4
+EXIT_INTERNAL = 5
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -61,6 +62,12 @@ class _Group(click.Group):
             raise CommandError(str(exc), EXIT_USAGE) from exc
         except OSError as exc:  # a file that cannot be read or written
             raise CommandError(f"{exc.strerror or exc}: {exc.filename}", EXIT_USAGE) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own ways out, with their exit codes
+        except Exception as exc:  # a bug or corrupt data: still one line, with its own code
+            raise CommandError(
+                f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL
+            ) from exc
 
 
 def _store(ctx: click.Context) -> DataStore:
@@ -92,7 +99,12 @@ def _namespace_option(command: _F) -> _F:
 
 
 def _yes_option(command: _F) -> _F:
-    return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(command)
+    return click.option(
+        "--yes",
+        "-y",
+        is_flag=True,
+        help="Do not ask for confirmation (required when not on a terminal).",
+    )(command)
 
 
 def _print_json(data: Any) -> None:
@@ -168,6 +180,7 @@ def cli(ctx: click.Context, uri: str | None) -> None:
       2  usage error or invalid input
       3  database unavailable
       4  refused by the database, or an import or export skipped some input
+      5  internal error
     """
     ctx.ensure_object(dict).setdefault("uri", uri)
 
@@ -215,7 +228,9 @@ def namespaces(ctx: click.Context, user: str, agent: str, as_json: bool) -> None
 @click.argument("user")
 @click.argument("agent")
 @_namespace_option
-@click.option("--prefix", "-p", help="Only keys that start with this text.")
+@click.option(
+    "--prefix", "-p", help="Only keys that start with this text (literal, case-sensitive)."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many keys.")
 @_json_flag
 @click.pass_context
@@ -283,7 +298,7 @@ def stats(ctx: click.Context, top: int, as_json: bool) -> None:
         ("namespaces", ["userId", "agentName", "namespace"]),
     ]:
         rows = [
-            [g[c] for c in columns] + [g["documents"], g["size"]]
+            [g.get(c, "(missing)") for c in columns] + [g["documents"], g["size"]]
             for g in summary[f"largest_{kind}"]
         ]
         click.echo(f"\nlargest {kind}:")
@@ -296,7 +311,9 @@ def stats(ctx: click.Context, top: int, as_json: bool) -> None:
 @click.argument("key")
 @click.argument("value")
 @_namespace_option
-@click.option("--metadata", "-m", help="A JSON object merged into the item's metadata.")
+@click.option(
+    "--metadata", "-m", metavar="JSON", help="A JSON object merged into the item's metadata."
+)
 @_json_flag
 @click.pass_context
 def set_(
@@ -403,7 +420,9 @@ def export_(
     store = _store(ctx)
     total = admin.count_items(store, user, agent, namespace)
     written, skipped = 0, 0
-    with click.open_file(output, "w", encoding="utf-8") as out, _progress(total, "export") as bar:
+    # atomic: a failed export never leaves a partial file under the final name
+    out_file = click.open_file(output, "w", encoding="utf-8", atomic=output != "-")
+    with out_file as out, _progress(total, "export") as bar:
         for line, problem in admin.export_lines(store, user, agent, namespace):
             if line is None:
                 click.echo(f"agent-datastore: skipped {problem}", err=True)
@@ -422,10 +441,11 @@ def export_(
         ctx.exit(EXIT_REFUSED)
 
 
-def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, str]]:
-    with click.open_file(path, "r", encoding="utf-8") as lines:
+def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, bytes]]:
+    # bytes: a line that is not UTF-8 is rejected by its number, not fatal to the import
+    with click.open_file(path, "rb") as lines:
         for number, line in enumerate(lines, start=1):
-            bar.update(len(line.encode("utf-8")))
+            bar.update(len(line))
             yield number, line
 
 
@@ -441,18 +461,28 @@ def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, str]]:
 @_json_flag
 @click.pass_context
 def import_(ctx: click.Context, file: str, batch_size: int, as_json: bool) -> None:
-    """Read items from a JSON Lines export (idempotent)."""
+    """Read items from a JSON Lines export (idempotent).
+
+    FILE is a file written by export, or - for standard input. Lines that cannot be imported
+    are reported on stderr by number as they are met; the others are imported.
+    """
     store = _store(ctx)
     size = Path(file).stat().st_size if file != "-" else 0
-    with _progress(size, "import") as bar:
-        # the running reports only drive the progress bar; the last one is the total
-        (report,) = deque(admin.import_items(store, _numbered_lines(file, bar), batch_size), 1)
-    for number, reason in report.rejected:
+    rejected: list[dict[str, Any]] = []
+
+    def on_reject(number: int, reason: str) -> None:
         click.echo(f"agent-datastore: {file}:{number}: {reason}", err=True)
-    summary = {"imported": report.imported, "rejected": len(report.rejected)}
-    _print_json(summary) if as_json else click.echo(
-        f"imported {_items(report.imported)}, rejected {len(report.rejected)} lines"
-    )
+        if as_json:
+            rejected.append({"line": number, "reason": reason})
+
+    with _progress(size, "import") as bar:
+        lines = _numbered_lines(file, bar)
+        # the running reports only drive the progress bar; the last one is the total
+        (report,) = deque(admin.import_items(store, lines, batch_size, on_reject), 1)
+    if as_json:
+        _print_json({"imported": report.imported, "rejected": rejected})
+    else:
+        click.echo(f"imported {_items(report.imported)}, rejected {report.rejected} lines")
     if report.rejected:
         ctx.exit(EXIT_REFUSED)
 

@@ -282,3 +282,78 @@ def test_file_problems_are_one_line_errors(store: DataStore, tmp_path: Path) -> 
     assert unwritable.exit_code == 2
     assert unwritable.stderr.startswith("agent-datastore: No such file or directory: ")
     assert "Traceback" not in unwritable.stderr + missing.stderr
+
+
+def test_a_line_that_is_not_utf8_is_rejected_and_the_rest_imported(
+    store: DataStore, tmp_path: Path
+) -> None:
+    lines = [json.dumps(record).encode() for record in admin.export_items(store)]
+    dump = tmp_path / "mixed.jsonl"
+    dump.write_bytes(lines[0] + b"\n" + b'{"key": "\xff"}\n' + b"\n".join(lines[1:]) + b"\n")
+    with agent_datastore.connect("mongomock://") as target:
+        result = run(target, "import", str(dump), "--json")
+        assert result.exit_code == 4
+        report = json.loads(result.stdout)
+        assert report["imported"] == 6
+        assert [r["line"] for r in report["rejected"]] == [2]
+        assert "utf-8" in report["rejected"][0]["reason"]
+
+
+def test_doctor_counts_arrays_where_strings_or_dates_belong(store: DataStore) -> None:
+    store.ensure_indexes()
+    store.collection.insert_one(
+        {
+            "userId": ["x", "y"],
+            "agentName": "a",
+            "namespace": "n",
+            "key": "k",
+            "value": 1,
+            "metadata": [{}],
+            "createdAt": [store.collection.find_one({})["createdAt"]],
+            "updatedAt": store.collection.find_one({})["updatedAt"],
+        }
+    )
+    report = json.loads(run(store, "doctor", "--json").stdout)
+    assert report["invalid_documents"] == 1
+    assert report["healthy"] is False
+
+
+def test_stats_text_survives_documents_missing_fields(store: DataStore) -> None:
+    store.collection.insert_one({"userId": "ghost", "key": "k", "value": 1})
+    text = ok(run(store, "stats"))
+    assert "(missing)" in text
+
+
+def test_a_bad_uri_is_a_one_line_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["--uri", "mongodb://", "users"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("agent-datastore: invalid MongoDB URI or option")
+    assert result.stderr.count("\n") == 1
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_5(
+    store: DataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_store: DataStore) -> list[str]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(admin, "users", broken)
+    result = run(store, "users")
+    assert result.exit_code == 5
+    assert result.stderr == "agent-datastore: internal error: RuntimeError: boom\n"
+
+
+def test_dates_of_any_year_export_and_import_back(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    with agent_datastore.connect("mongomock://") as source:
+        source.proxy("u", "a").set("k", 1)
+        early = datetime(500, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc)
+        source.collection.update_one({"key": "k"}, {"$set": {"createdAt": early}})
+        (record,) = admin.export_items(source)
+        assert record["createdAt"] == "0500-01-02T03:04:05.006Z"
+        dump = tmp_path / "early.jsonl"
+        dump.write_text(json.dumps(record) + "\n")
+        with agent_datastore.connect("mongomock://") as target:
+            ok(run(target, "import", str(dump)))
+            assert list(admin.export_items(target)) == [record]

@@ -13,7 +13,7 @@ from typing import Any
 
 import dns.resolver
 import pytest
-from bson.errors import InvalidDocument
+from bson.errors import InvalidBSON, InvalidDocument
 from pymongo import UpdateOne
 from pymongo import errors as pe
 
@@ -154,6 +154,7 @@ MAPPING: list[tuple[type[Exception], Callable[[], Exception], type[Exception]]] 
     (pe.ConfigurationError, lambda: pe.ConfigurationError("bad option"), DataStoreError),
     (pe.DocumentTooLarge, lambda: pe.DocumentTooLarge("too large"), ValueError),
     (InvalidDocument, lambda: InvalidDocument("cannot encode object"), ValueError),
+    (InvalidBSON, lambda: InvalidBSON("year 0 is out of range"), DataStoreError),
     (pe.OperationFailure, lambda: pe.OperationFailure("unauthorized", 13), DataStoreError),
     (pe.OperationFailure, lambda: pe.OperationFailure("host unreachable", 6), DataStoreUnavailable),
     (pe.OperationFailure, lambda: pe.OperationFailure("time limit", 262), DataStoreUnavailable),
