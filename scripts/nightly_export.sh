@@ -2,7 +2,8 @@
 # Nightly export of the whole store to a dated, compressed JSON Lines file, keeping the last
 # KEEP files. Meant for cron:
 #
-#   15 2 * * *  AGENT_DATASTORE_URI=mongodb://... /path/to/scripts/nightly_export.sh /backups/agent-datastore 14
+#   15 2 * * *  PATH=/path/to/venv/bin:/usr/bin:/bin AGENT_DATASTORE_URI=mongodb://... \
+#               /path/to/scripts/nightly_export.sh /backups/agent-datastore 14
 #
 # Usage: nightly_export.sh DIRECTORY [KEEP]   (KEEP defaults to 7)
 # Writes DIRECTORY/agent-datastore-YYYY-MM-DD.jsonl.gz atomically (a partial file never takes
@@ -32,6 +33,11 @@ trap 'rm -f "$partial"' EXIT
 agent-datastore export --output - | gzip -c > "$partial"
 mv "$partial" "$target"
 
-# keep the newest KEEP exports
-ls -1 "$directory"/agent-datastore-*.jsonl.gz | sort -r | tail -n +"$((keep + 1))" | xargs -r rm -f
-echo "exported $(gzip -dc "$target" | wc -l | tr -d ' ') items to $target"
+# keep the newest KEEP exports: the dated names sort by age, and a glob keeps spaces intact
+archives=("$directory"/agent-datastore-*.jsonl.gz)
+for ((i = 0; i < ${#archives[@]} - keep; i++)); do
+    rm -f -- "${archives[i]}"
+done
+count=$(gzip -dc "$target" | wc -l | tr -d ' ')
+if [ "$count" = 1 ]; then noun=item; else noun=items; fi
+echo "exported $count $noun to $target"

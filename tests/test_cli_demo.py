@@ -155,6 +155,8 @@ def test_installed_console_script_exports_then_imports_thousands_of_items(
 def test_nightly_export_script_writes_a_dated_archive_and_keeps_the_newest(
     tmp_path: Path,
 ) -> None:
+    tmp_path = tmp_path / "backups with spaces"
+    tmp_path.mkdir()
     import gzip
     import os
     from datetime import datetime
