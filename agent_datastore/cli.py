@@ -33,6 +33,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_REFUSED = 4
 EXIT_INTERNAL = 5
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -64,6 +65,8 @@ class _Group(click.Group):
             raise CommandError(f"{exc.strerror or exc}: {exc.filename}", EXIT_USAGE) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own ways out, with their exit codes
+        except KeyboardInterrupt:
+            raise CommandError("interrupted", EXIT_INTERRUPTED) from None
         except Exception as exc:  # a bug or corrupt data: still one line, with its own code
             raise CommandError(
                 f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL
@@ -181,6 +184,7 @@ def cli(ctx: click.Context, uri: str | None) -> None:
       3  database unavailable
       4  refused by the database, or an import or export skipped some input
       5  internal error
+    130  interrupted (Ctrl-C)
     """
     ctx.ensure_object(dict).setdefault("uri", uri)
 

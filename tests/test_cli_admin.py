@@ -357,3 +357,13 @@ def test_dates_of_any_year_export_and_import_back(tmp_path: Path) -> None:
         with agent_datastore.connect("mongomock://") as target:
             ok(run(target, "import", str(dump)))
             assert list(admin.export_items(target)) == [record]
+
+
+def test_ctrl_c_exits_130(store: DataStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(_store: DataStore) -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(admin, "users", interrupted)
+    result = run(store, "users")
+    assert result.exit_code == 130
+    assert result.stderr == "agent-datastore: interrupted\n"
