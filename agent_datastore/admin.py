@@ -220,6 +220,17 @@ def purge(store: DataStore, user_id: str, agent_name: str | None = None) -> int:
     return int(result.deleted_count)
 
 
+def _documents_in_scope(
+    store: DataStore, user_id: str | None, agent_name: str | None, namespace: str | None
+) -> Iterator[dict[str, Any]]:
+    """The stored documents of a scope, in index order, streamed in batches."""
+    query = _scope_filter(user_id, agent_name, namespace)
+    with translate_driver_errors():
+        yield from _collection(store).find(
+            query, {"_id": 0}, sort=_SCOPE_ORDER, batch_size=1000, collation=_SIMPLE
+        )
+
+
 def export_items(
     store: DataStore,
     user_id: str | None = None,
@@ -227,13 +238,8 @@ def export_items(
     namespace: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every item in the scope, in index order, as export records; streamed in batches."""
-    query = _scope_filter(user_id, agent_name, namespace)
-    with translate_driver_errors():
-        cursor = _collection(store).find(
-            query, {"_id": 0}, sort=_SCOPE_ORDER, batch_size=1000, collation=_SIMPLE
-        )
-        for document in cursor:
-            yield _item_record(document)
+    for document in _documents_in_scope(store, user_id, agent_name, namespace):
+        yield _item_record(document)
 
 
 def export_lines(
@@ -245,18 +251,14 @@ def export_lines(
     """The export as JSON Lines text: ``(line, None)`` for each item, and ``(None, reason)`` for
     a document that breaks the schema so badly that it cannot be exported (a value that is not
     JSON, such as an ObjectId written by hand). The export goes on past such documents."""
-    query = _scope_filter(user_id, agent_name, namespace)
-    with translate_driver_errors():
-        cursor = _collection(store).find(
-            query, {"_id": 0}, sort=_SCOPE_ORDER, batch_size=1000, collation=_SIMPLE
-        )
-        for document in cursor:
-            try:
-                record = _item_record(document)
-                yield json.dumps(record, ensure_ascii=False, allow_nan=False), None
-            except (TypeError, ValueError, KeyError) as exc:
-                scope = "/".join(str(document.get(name)) for name in _STRING_FIELDS)
-                yield None, f"{scope}: cannot be exported ({type(exc).__name__}: {exc})"
+    for document in _documents_in_scope(store, user_id, agent_name, namespace):
+        try:
+            line = json.dumps(_item_record(document), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, KeyError) as exc:
+            scope = "/".join(str(document.get(name)) for name in _STRING_FIELDS)
+            yield None, f"{scope}: cannot be exported ({type(exc).__name__}: {exc})"
+        else:
+            yield line, None
 
 
 @dataclass
