@@ -224,12 +224,17 @@ class AgentDataStoreProxy:
     def list_keys(self, prefix: str | None = None) -> list[str]:
         """The keys of this namespace that start with ``prefix`` (all keys without one),
         sorted."""
+        return self._list_keys(prefix, 0)
+
+    def _list_keys(self, prefix: str | None, limit: int) -> list[str]:
+        """``list_keys``, at most ``limit`` keys (0: all); the admin tools page with it."""
         keys_filter = self._scope.keys_filter(_core.check_prefix(prefix))
         with translate_driver_errors():
             cursor = self._store._ready_collection().find(
                 keys_filter,
                 _KEY_ONLY,
                 sort=_BY_KEY,
+                limit=limit,
                 batch_size=_core.LISTING_BATCH_SIZE,
                 collation=_SIMPLE,
             )

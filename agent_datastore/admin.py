@@ -117,16 +117,7 @@ def keys(
     """The keys of one namespace, sorted, at most ``limit`` of them."""
     if limit is not None and (type(limit) is not int or limit < 1):
         raise ValueError(f"limit must be a positive integer, not {limit!r}")
-    scope = _core.Scope.of(user_id, agent_name, namespace)
-    with translate_driver_errors():
-        cursor = _collection(store).find(
-            scope.keys_filter(_core.check_prefix(prefix)),
-            {"key": 1, "_id": 0},
-            sort=[("key", 1)],
-            limit=limit or 0,
-            collation=_SIMPLE,
-        )
-        return [document["key"] for document in cursor]
+    return store.proxy(user_id, agent_name, namespace)._list_keys(prefix, limit or 0)
 
 
 def _iso(moment: Any) -> Any:
