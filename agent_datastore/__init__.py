@@ -8,7 +8,8 @@
 {'timeout': 30}
 """
 
-from ._exceptions import DataStoreError, DataStoreUnavailable, HTTPException
+from ._exceptions import DataStoreError, DataStoreUnavailable, HTTPException, VersionConflict
+from ._items import Item, ItemInfo
 from ._store import AgentDataStoreProxy, DataStore, connect
 
 __all__ = [
@@ -17,6 +18,9 @@ __all__ = [
     "DataStoreError",
     "DataStoreUnavailable",
     "HTTPException",
+    "Item",
+    "ItemInfo",
+    "VersionConflict",
     "__version__",
     "connect",
 ]

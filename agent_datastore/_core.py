@@ -3,19 +3,34 @@ operation. The proxies only send what this module builds and hand the replies ba
 
 One item is one document::
 
-    {userId, agentName, namespace, key, value, metadata, createdAt, updatedAt}
+    {userId, agentName, namespace, key, value, metadata, createdAt, updatedAt, version,
+     expiresAt (only for an item with a ttl)}
 
-with a unique index on (userId, agentName, namespace, key). Every filter built here starts
-with equality on userId and agentName, then namespace, so each query is served by that index
-and targeted to one shard of a cluster sharded on its prefix.
+with a unique index on (userId, agentName, namespace, key) and a TTL index on expiresAt. Every
+filter built here starts with equality on userId and agentName, then namespace, so each query
+is served by the unique index and targeted to one shard of a cluster sharded on its prefix.
+
+Expiry: an item whose expiresAt is a date not after "now" is expired. The server's TTL monitor
+deletes it within about a minute; until then every read here filters it out (``live_query``)
+and every write treats it as absent (the ``$__ads_live`` flag of the write pipelines), so an
+expired item is gone at once for every caller. The same rule is written three times, once per
+language it must be spoken in: a query (``live_query``), an aggregation expression
+(``_live_expression``) and Python (``is_live``), and the tests hold them to one another.
+
+Writes are update pipelines: one atomic command decides on the server, from the stored
+document, whether the item is live, whether a compare-and-set holds, whether a counter can be
+added to, and writes accordingly. Commands that must report what they found (compare-and-set,
+increment) return the document as it was before, and the proxy replays the same decision on it
+in Python to know what the server did.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import _codec
@@ -23,19 +38,38 @@ from . import _codec
 __all__ = [
     "INDEX_KEYS",
     "INDEX_NAME",
+    "KEY_PAGE_SIZE",
     "LISTING_BATCH_SIZE",
     "MAX_DOCUMENT_BYTES",
+    "MAX_INT64",
     "MAX_KEY_BYTES",
     "MAX_NAME_BYTES",
+    "MAX_TTL",
+    "MIN_INT64",
     "SIMPLE_COLLATION",
+    "TTL_INDEX_KEYS",
+    "TTL_INDEX_NAME",
+    "Clock",
     "Scope",
-    "Upsert",
+    "Write",
+    "check_amount",
+    "check_if_version",
     "check_key",
     "check_keys",
+    "check_limit",
+    "check_max_value_bytes",
     "check_metadata",
     "check_name",
+    "check_prefix",
+    "check_start_after",
+    "check_ttl",
+    "increment_result",
+    "is_live",
     "key_prefix_pattern",
+    "live_query",
+    "set_conflict",
     "utc_now",
+    "version_of",
 ]
 
 MAX_KEY_BYTES = 1024
@@ -56,19 +90,42 @@ SIMPLE_COLLATION: dict[str, str] = {"locale": "simple"}
 case-insensitive default collation would otherwise let user "alice" match "Alice"'s items, and
 would sort keys in another order than code points."""
 
+# The TTL index: the server deletes an item once its expiresAt date has passed. Items without
+# expiresAt are left out of it (sparse), so it costs nothing for items that never expire.
+TTL_INDEX_KEYS: list[tuple[str, int]] = [("expiresAt", 1)]
+TTL_INDEX_NAME = "expiresAt_1"
+
 # Fields of an item document beyond its scope strings and payloads: the document's own length
 # and terminator; _id (ObjectId); the type byte and name of userId, agentName, namespace, key,
-# value and metadata; createdAt and updatedAt (dates).
-_ITEM_OVERHEAD = 5 + 17 + (1 + 7) + (1 + 10) + (1 + 10) + (1 + 4) + (1 + 6) + (1 + 9) + 2 * 19
+# value and metadata; createdAt and updatedAt (dates); version (an int32 until the item has
+# been written 2**31 times).
+_ITEM_OVERHEAD = (
+    5 + 17 + (1 + 7) + (1 + 10) + (1 + 10) + (1 + 4) + (1 + 6) + (1 + 9) + 2 * 19 + (1 + 8 + 4)
+)
+_EXPIRES_AT_SIZE = 1 + 10 + 8  # only items with a ttl have it
+
+MIN_INT64 = -(2**63)
+MAX_INT64 = 2**63 - 1
+MAX_TTL = timedelta(days=36_500)
+"""Longest ttl: a hundred years. Anything longer is surely a unit mistake; leave ttl out for an
+item that should not expire."""
+KEY_PAGE_SIZE = 1_000
+"""Keys per query of ``iter_keys``: what it holds in memory at most, besides the caller's."""
+
+Clock = Callable[[], datetime]
 
 # The server's default first batch is 101 documents; asking for more keeps a listing or a
 # get_many to one round trip until the reply reaches the server's 16 MiB batch limit.
 LISTING_BATCH_SIZE = 100_000
 
 
-def utc_now() -> datetime:
-    """The current time as MongoDB will store it: UTC, whole milliseconds."""
-    now = datetime.now(timezone.utc)
+def utc_now(clock: Clock | None = None) -> datetime:
+    """The current time (from ``clock`` if given) as MongoDB will store it: UTC, whole
+    milliseconds."""
+    now = datetime.now(timezone.utc) if clock is None else clock()
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise TypeError(f"the store's clock must return an aware datetime, not {now!r}")
+    now = now.astimezone(timezone.utc)
     return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
 
 
@@ -166,14 +223,220 @@ def check_metadata(metadata: object) -> tuple[dict[str, Any], int]:
     return paths, size
 
 
+def _check_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return int(value)
+
+
+def check_limit(limit: object) -> int:
+    """0 for no limit (``None``), else a positive number of results."""
+    if limit is None:
+        return 0
+    limit = _check_int(limit, "limit")
+    if not 1 <= limit <= MAX_INT64:
+        raise ValueError(f"limit must be at least 1 (or None for no limit), not {limit}")
+    return limit
+
+
+def check_start_after(start_after: object) -> str | None:
+    """The key a page starts after: ``None`` (or an empty string) for the first page."""
+    if start_after is None:
+        return None
+    if not isinstance(start_after, str):
+        raise TypeError(f"start_after must be a str or None, not {type(start_after).__name__}")
+    if not start_after:
+        return None
+    return check_name(start_after, "start_after", MAX_KEY_BYTES)
+
+
+def check_ttl(ttl: object) -> timedelta | None:
+    """How long an item lives, as a whole number of milliseconds, rounded up so that any
+    positive ttl leaves the item readable for at least one millisecond."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        microseconds = ttl // timedelta(microseconds=1)
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        try:
+            seconds = float(ttl)
+        except OverflowError:
+            raise ValueError(f"ttl {ttl} seconds is longer than {MAX_TTL.days} days") from None
+        if not math.isfinite(seconds):
+            raise ValueError(f"ttl must be a finite number of seconds, not {ttl}")
+        microseconds = math.ceil(seconds * 1_000_000)
+    else:
+        raise TypeError(f"ttl must be a number of seconds or a timedelta, not {type(ttl).__name__}")
+    if microseconds <= 0:
+        raise ValueError(f"ttl must be positive, not {ttl!r}")
+    if microseconds > MAX_TTL // timedelta(microseconds=1):
+        raise ValueError(f"ttl {ttl!r} is longer than {MAX_TTL.days} days")
+    return timedelta(milliseconds=-(-microseconds // 1000))
+
+
+def check_if_version(if_version: object) -> int | None:
+    if if_version is None:
+        return None
+    if_version = _check_int(if_version, "if_version")
+    if not 0 <= if_version <= MAX_INT64:
+        raise ValueError(f"if_version must be 0 (absent) or a version >= 1, not {if_version}")
+    return if_version
+
+
+def check_amount(amount: object) -> int:
+    amount = _check_int(amount, "amount")
+    if not MIN_INT64 <= amount <= MAX_INT64:
+        raise ValueError(f"amount {amount} is outside the 64-bit integer range")
+    return amount
+
+
+def check_max_value_bytes(limit: object) -> int:
+    """A store's limit on the BSON size of one value; ``None`` for MongoDB's own limit."""
+    if limit is None:
+        return MAX_DOCUMENT_BYTES
+    limit = _check_int(limit, "max_value_bytes")
+    if not 1 <= limit <= MAX_DOCUMENT_BYTES:
+        raise ValueError(f"max_value_bytes must be between 1 and {MAX_DOCUMENT_BYTES}, not {limit}")
+    return limit
+
+
+def live_query(now: datetime) -> dict[str, Any]:
+    """The query condition of an item that has not expired at ``now``.
+
+    ``$lte`` on a date matches only dates, so items without expiresAt (or with anything but a
+    date there, which the TTL monitor ignores as well) are live.
+    """
+    return {"expiresAt": {"$not": {"$lte": now}}}
+
+
+def is_live(document: Mapping[str, Any] | None, now: datetime) -> bool:
+    """``live_query`` and ``_live_expression`` in Python, for a document as it was before a
+    write: it exists and has not expired."""
+    if document is None or "createdAt" not in document:
+        return False
+    expires = document.get("expiresAt")
+    return not (isinstance(expires, datetime) and expires <= now)
+
+
+def version_of(document: Mapping[str, Any]) -> int:
+    """A stored item's version. Items written before versions existed count as version 1."""
+    version = document.get("version")
+    if version is None:
+        return 1
+    if isinstance(version, bool) or not isinstance(version, (int, float)):
+        raise ValueError(f"malformed version {version!r}")
+    return int(version)
+
+
+def set_conflict(before: Mapping[str, Any] | None, now: datetime, if_version: int) -> int | None:
+    """The current version when a ``set``/``delete`` with ``if_version`` must not act (0: the
+    item is absent), ``None`` when it may."""
+    current = version_of(before) if before is not None and is_live(before, now) else 0
+    return None if current == if_version else current
+
+
+def _increment_bounds(amount: int) -> tuple[int, int]:
+    """The stored values to which ``amount`` can be added within 64 bits."""
+    return max(MIN_INT64, MIN_INT64 - amount), min(MAX_INT64, MAX_INT64 - amount)
+
+
+def increment_result(key: str, before: Mapping[str, Any] | None, now: datetime, amount: int) -> int:
+    """What ``increment`` returns, from the item as it was before: the new value, or the error
+    for an item the pipeline left unchanged."""
+    if not is_live(before, now):
+        return amount
+    assert before is not None
+    current = _codec.decode(before.get("value"))
+    if isinstance(current, bool) or not isinstance(current, int):
+        raise TypeError(
+            f"cannot increment key {key!r}: its value is a {type(current).__name__}, not an int"
+        )
+    low, high = _increment_bounds(amount)
+    if not low <= current <= high:
+        raise ValueError(
+            f"cannot increment key {key!r} by {amount}: {current} + {amount} is outside the "
+            "64-bit integer range"
+        )
+    return current + amount
+
+
+# Fields that exist only while a write pipeline runs.
+_LIVE = "__ads_live"
+_OK = "__ads_ok"
+
+
+def _live_expression(now: datetime) -> dict[str, Any]:
+    """``is_live`` as an aggregation expression over the stored document. A document an
+    upsert is creating holds only the filter's fields, so it has no createdAt."""
+    expired = {"$and": [{"$eq": [{"$type": "$expiresAt"}, "date"]}, {"$lte": ["$expiresAt", now]}]}
+    return {"$and": [{"$ne": [{"$type": "$createdAt"}, "missing"]}, {"$not": [expired]}]}
+
+
 @dataclass(frozen=True, slots=True)
-class Upsert:
-    """The filter and update document of one ``set``: ``$set`` of the value, ``updatedAt`` and
-    each metadata name; ``createdAt`` (and an empty ``metadata`` when none is given) only when
-    the item is new."""
+class Write:
+    """One write command: the filter (equality on exactly the unique index's fields, so the
+    server retries an upsert that races another), the update pipeline, and whether it may
+    create the item."""
 
     filter: dict[str, Any]
-    update: dict[str, Any]
+    pipeline: list[dict[str, Any]]
+    upsert: bool = True
+
+
+def _write_pipeline(
+    now: datetime,
+    value: Any,
+    expires_at: Any,
+    metadata_paths: Mapping[str, Any],
+    guard: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The pipeline that writes an item at ``now``.
+
+    A live item keeps createdAt and its metadata and goes up one version; otherwise (absent,
+    or expired) the item starts again: createdAt now, version 1, empty metadata. Then each
+    metadata name is set on its own path, which merges it. With a ``guard``, the item changes
+    only where the guard holds: every field is otherwise written back as it was, which MongoDB
+    recognises as no change at all.
+    """
+    live = "$" + _LIVE
+
+    def when_ok(new: Any, field_name: str) -> Any:
+        return new if guard is None else {"$cond": ["$" + _OK, new, "$" + field_name]}
+
+    stages: list[dict[str, Any]] = [{"$set": {_LIVE: _live_expression(now)}}]
+    if guard is not None:
+        stages.append({"$set": {_OK: guard}})
+    next_version = {"$add": [{"$ifNull": ["$version", 1]}, 1]}
+    fields = {
+        "value": when_ok(value, "value"),
+        "metadata": when_ok({"$cond": [live, "$metadata", {"$literal": {}}]}, "metadata"),
+        "createdAt": when_ok({"$cond": [live, "$createdAt", now]}, "createdAt"),
+        "updatedAt": when_ok(now, "updatedAt"),
+        "version": when_ok({"$cond": [live, next_version, 1]}, "version"),
+        "expiresAt": when_ok(expires_at, "expiresAt"),
+    }
+    stages.append({"$set": fields})
+    if metadata_paths:
+        paths = {
+            path: when_ok({"$literal": stored}, path) for path, stored in metadata_paths.items()
+        }
+        stages.append({"$set": paths})
+    stages.append({"$unset": [_LIVE] if guard is None else [_LIVE, _OK]})
+    return stages
+
+
+def _version_guard(if_version: int) -> dict[str, Any]:
+    """``set_conflict(...) is None`` as an aggregation expression."""
+    if if_version == 0:
+        return {"$not": ["$" + _LIVE]}
+    return {"$and": ["$" + _LIVE, {"$eq": [{"$ifNull": ["$version", 1]}, if_version]}]}
+
+
+def version_query(if_version: int) -> dict[str, Any]:
+    """The query condition of an item at version ``if_version`` (>= 1)."""
+    if if_version == 1:  # items written before versions existed are at version 1
+        return {"version": {"$in": [1, None]}}
+    return {"version": if_version}
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,47 +463,110 @@ class Scope:
         strings = sum(_codec.string_size(s) + 5 for s in base.values())
         object.__setattr__(self, "_fixed_size", _ITEM_OVERHEAD + strings)
 
-    def agent_filter(self) -> dict[str, str]:
-        return {"userId": self.user_id, "agentName": self.agent_name}
+    def agent_filter(self, now: datetime) -> dict[str, Any]:
+        """The live items of this user's agent, in every namespace."""
+        return {"userId": self.user_id, "agentName": self.agent_name, **live_query(now)}
+
+    def live_namespace_filter(self, now: datetime) -> dict[str, Any]:
+        return {**self.namespace_filter, **live_query(now)}
 
     def item_filter(self, key: str) -> dict[str, str]:
+        """The item under ``key``, live or expired: what writes match."""
         return {**self.namespace_filter, "key": key}
 
-    def keys_filter(self, prefix: str | None) -> dict[str, Any]:
-        if prefix is None:
-            return self.namespace_filter
-        return {**self.namespace_filter, "key": {"$regex": key_prefix_pattern(prefix)}}
+    def live_item_filter(self, key: str, now: datetime) -> dict[str, Any]:
+        return {**self.namespace_filter, "key": key, **live_query(now)}
 
-    def many_filter(self, keys: list[str]) -> dict[str, Any]:
-        return {**self.namespace_filter, "key": {"$in": keys}}
+    def keys_filter(
+        self, prefix: str | None, now: datetime, start_after: str | None = None
+    ) -> dict[str, Any]:
+        """Live items whose key starts with ``prefix`` and sorts after ``start_after``. Both
+        become bounds on the index's key field, which MongoDB intersects."""
+        condition: dict[str, Any] = {}
+        if prefix is not None:
+            condition["$regex"] = key_prefix_pattern(prefix)
+        if start_after is not None:
+            condition["$gt"] = start_after
+        if not condition:
+            return self.live_namespace_filter(now)
+        return {**self.namespace_filter, "key": condition, **live_query(now)}
 
-    def upsert(
+    def many_filter(self, keys: list[str], now: datetime) -> dict[str, Any]:
+        return {**self.namespace_filter, "key": {"$in": keys}, **live_query(now)}
+
+    def encode_value(
         self,
         key: str,
         value: Any,
-        metadata: tuple[dict[str, Any], int],
-        now: datetime,
-    ) -> Upsert:
-        """The command of ``set(key, value, metadata)``; ``ValueError`` if the item would not
-        fit in one document."""
+        metadata_size: int,
+        max_value_bytes: int,
+        *,
+        expires: bool = False,
+    ) -> Any:
+        """``value`` as stored; ``ValueError`` if it is over the store's limit or the item
+        (with an expiresAt date if it ``expires``) would not fit in one document."""
         try:
             stored, value_size = _codec.encode(value, 2)
         except TypeError as exc:
             raise TypeError(f"value for key {key!r} is not storable JSON: {exc}") from None
-        paths, metadata_size = metadata
         size = self._fixed_size + _codec.string_size(key) + 5 + value_size + metadata_size
+        size += _EXPIRES_AT_SIZE if expires else 0
         if size > MAX_DOCUMENT_BYTES:
             raise ValueError(
                 f"item {key!r} would be a {size}-byte document, over MongoDB's limit of "
                 f"{MAX_DOCUMENT_BYTES} bytes"
             )
-        on_insert: dict[str, Any] = {"createdAt": now}
-        if not paths:
-            on_insert["metadata"] = {}
-        return Upsert(
-            self.item_filter(key),
-            {"$set": {"value": stored, "updatedAt": now, **paths}, "$setOnInsert": on_insert},
+        if value_size > max_value_bytes:
+            raise ValueError(
+                f"value for key {key!r} is {value_size} bytes, over this store's limit of "
+                f"{max_value_bytes} bytes per value"
+            )
+        return stored
+
+    def set_write(
+        self,
+        key: str,
+        value: Any,
+        metadata: tuple[dict[str, Any], int],
+        now: datetime,
+        *,
+        ttl: timedelta | None = None,
+        if_version: int | None = None,
+        max_value_bytes: int = MAX_DOCUMENT_BYTES,
+    ) -> Write:
+        """The command of ``set(key, value, metadata, ttl=..., if_version=...)``.
+
+        Without a ttl the item does not expire, whatever it had before. With ``if_version``
+        the item changes only when ``set_conflict`` finds no conflict; an item that must
+        already exist (``if_version`` >= 1) is never created.
+        """
+        paths, metadata_size = metadata
+        stored = self.encode_value(
+            key, value, metadata_size, max_value_bytes, expires=ttl is not None
         )
+        expires_at: Any = "$$REMOVE" if ttl is None else now + ttl
+        guard = None if if_version is None else _version_guard(if_version)
+        pipeline = _write_pipeline(now, {"$literal": stored}, expires_at, paths, guard)
+        return Write(self.item_filter(key), pipeline, upsert=not if_version)
+
+    def increment_write(self, key: str, amount: int, now: datetime) -> Write:
+        """The command of ``increment(key, amount)``: a live integer within reach of 64 bits
+        goes up by ``amount``; an absent or expired item starts at ``amount``, with no expiry;
+        anything else is left unchanged (``increment_result`` raises for it). A live counter
+        keeps its expiry."""
+        live = "$" + _LIVE
+        low, high = _increment_bounds(amount)
+        addable = {
+            "$and": [
+                {"$in": [{"$type": "$value"}, ["int", "long"]]},
+                {"$gte": ["$value", low]},
+                {"$lte": ["$value", high]},
+            ]
+        }
+        guard = {"$or": [{"$not": [live]}, addable]}
+        value = {"$cond": [live, {"$add": ["$value", amount]}, amount]}
+        expires_at = {"$cond": [live, "$expiresAt", "$$REMOVE"]}
+        return Write(self.item_filter(key), _write_pipeline(now, value, expires_at, {}, guard))
 
 
 def is_equivalent_index(spec: Mapping[str, Any]) -> bool:
@@ -252,6 +578,12 @@ def is_equivalent_index(spec: Mapping[str, Any]) -> bool:
         and bool(spec.get("unique"))
         and collation.get("locale") == "simple"
     )
+
+
+def is_expiry_index(spec: Mapping[str, Any]) -> bool:
+    """Whether an index from ``index_information()`` deletes items at their expiresAt."""
+    keys = [(name, int(direction)) for name, direction in spec.get("key", [])]
+    return keys == TTL_INDEX_KEYS and spec.get("expireAfterSeconds") == 0
 
 
 def check_items(items: object) -> Mapping[Any, Any]:

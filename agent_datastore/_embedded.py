@@ -8,8 +8,15 @@ is on a real server.
 The fake compares strings byte for byte whatever collation is asked, and refuses the
 ``collation`` argument on writes, so the adapter drops it. Its upsert fails with a bare
 ``KeyError`` when a ``$set`` path holds a ``$`` (as ``metadata.cost$`` does, which MongoDB
-accepts), so under the lock an upsert is done as a lookup followed by an insert of the
-document MongoDB would build, or by a plain update; ``bulk_write`` does the same per request.
+accepts), and it evaluates update pipelines wrongly, so under the lock every write is done as
+a lookup, then the pipeline run by ``_pipeline`` (or the ``$set``), then an insert of the
+document MongoDB would build or a replacement of the one found; ``bulk_write`` does the same
+per request. The fake has no ``$bsonSize``: projections and pipelines that use it on the
+whole document are computed here.
+
+The fake deletes documents whose TTL date has passed when it is read, by the real clock; a
+store given another clock still sees expired items as a server does before its TTL monitor
+runs, which is what the store's own filters are for.
 
 The fake scans every document for each query and each unique-index check, so it suits tests
 and demos of a few thousand items, not production.
@@ -23,6 +30,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import bson
+from pymongo import ReturnDocument
+
+from ._pipeline import run_pipeline
 
 __all__ = ["LockedCollection", "is_fake_collection", "new_client"]
 
@@ -86,7 +96,10 @@ class LockedCollection:
         **_: Any,  # batch_size and collation: the fake answers everything at once, binary
     ) -> list[Any]:
         with self._lock:
-            return list(self._collection.find(filter, projection, sort=sort, limit=limit))
+            if not _computes_fields(projection):
+                return list(self._collection.find(filter, projection, sort=sort, limit=limit))
+            documents = self._collection.find(filter, sort=sort, limit=limit)
+            return [_project(document, projection) for document in documents]
 
     def count_documents(self, filter: Mapping[str, Any], **_: Any) -> int:
         with self._lock:
@@ -106,30 +119,48 @@ class LockedCollection:
         self, filter: Mapping[str, Any], update: Any, upsert: bool = False, **_: Any
     ) -> None:
         with self._lock:
-            if upsert:
-                self._upsert(filter, update)
-            else:
-                self._collection.update_one(filter, update)
+            self._write(filter, update, upsert)
+
+    def find_one_and_update(
+        self,
+        filter: Mapping[str, Any],
+        update: Any,
+        projection: Any = None,
+        *,
+        upsert: bool = False,
+        return_document: bool = ReturnDocument.BEFORE,
+        **_: Any,
+    ) -> Any:
+        with self._lock:
+            before, after = self._write(filter, update, upsert)
+        chosen = after if return_document == ReturnDocument.AFTER else before
+        return None if chosen is None else _project(chosen, projection)
 
     def bulk_write(self, requests: list[Any], ordered: bool = True) -> None:
         with self._lock:
             for request in requests:
-                # pymongo's UpdateOne keeps its filter and update in these attributes
-                self._upsert(request._filter, request._doc)
+                # pymongo's UpdateOne keeps its filter, update and upsert flag in these
+                self._write(request._filter, request._doc, bool(request._upsert))
 
-    def _upsert(self, filter: Mapping[str, Any], update: Mapping[str, Any]) -> None:
-        unexpected = set(update) - {"$set", "$setOnInsert"}
-        if unexpected:  # pragma: no cover - the store sends no other operator
-            raise NotImplementedError(f"embedded upsert with {sorted(unexpected)}")
-        existing = self._collection.find_one(filter, {"_id": 1})
-        if existing is not None:
-            self._collection.update_one({"_id": existing["_id"]}, {"$set": update["$set"]})
-            return
-        # what MongoDB inserts: the filter's equalities, then the $set and $setOnInsert paths
-        document: dict[str, Any] = dict(filter)
-        for path, value in [*update["$set"].items(), *update.get("$setOnInsert", {}).items()]:
-            _assign(document, path.split("."), value)
-        self._collection.insert_one(document)
+    def _write(
+        self, filter: Mapping[str, Any], update: Any, upsert: bool
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """One update as MongoDB runs it; the document before and after (``None`` when there
+        was none, or none was made)."""
+        before = self._collection.find_one(filter)
+        if before is None and not upsert:
+            return None, None
+        if before is None:
+            # what MongoDB inserts: the filter's equalities, then the update applied to them
+            before_update: dict[str, Any] = dict(filter)
+        else:
+            before_update = before
+        after = _updated(before_update, update)
+        if before is None:
+            self._collection.insert_one(after)
+        elif after != before:
+            self._collection.replace_one({"_id": before["_id"]}, after)
+        return before, after
 
     def delete_one(self, filter: Mapping[str, Any], **_: Any) -> Any:
         with self._lock:
@@ -166,7 +197,37 @@ def _with_size_field(node: Any) -> Any:
     return node
 
 
-def _assign(document: dict[str, Any], path: list[str], value: Any) -> None:
-    for name in path[:-1]:
-        document = document.setdefault(name, {})
-    document[path[-1]] = value
+def _updated(document: dict[str, Any], update: Any) -> dict[str, Any]:
+    if isinstance(update, list):
+        return run_pipeline(document, update)
+    unexpected = set(update) - {"$set", "$unset"}
+    if unexpected:  # pragma: no cover - the store sends no other operator
+        raise NotImplementedError(f"embedded update with {sorted(unexpected)}")
+    # operator values are plain values, never expressions
+    literals = {path: {"$literal": value} for path, value in update.get("$set", {}).items()}
+    return run_pipeline(document, [{"$set": literals}, {"$unset": list(update.get("$unset", {}))}])
+
+
+def _computes_fields(projection: Any) -> bool:
+    return isinstance(projection, Mapping) and any(
+        isinstance(rule, Mapping) for rule in projection.values()
+    )
+
+
+def _project(document: Mapping[str, Any], projection: Any) -> dict[str, Any]:
+    """An inclusion projection, where ``{"$bsonSize": "$$ROOT"}`` is the document's size."""
+    if projection is None:
+        return dict(document)
+    result: dict[str, Any] = {}
+    if projection.get("_id", 1) and "_id" in document:
+        result["_id"] = document["_id"]
+    for name, rule in projection.items():
+        if name == "_id":
+            continue
+        if rule == {"$bsonSize": "$$ROOT"}:
+            result[name] = len(bson.encode(document))
+        elif isinstance(rule, Mapping):  # pragma: no cover - the store computes nothing else
+            raise NotImplementedError(f"projection {rule}")
+        elif rule and name in document:
+            result[name] = document[name]
+    return result

@@ -5,7 +5,8 @@ Hierarchy::
     Exception
     ├── TypeError                 a value, key, name or argument of the wrong type
     ├── ValueError                a value of the right type that the store cannot take
-    └── HTTPException             the database failed; carries ``status_code`` and ``detail``
+    └── HTTPException             carries ``status_code`` and ``detail``
+        ├── VersionConflict       409: a compare-and-set (``if_version``) found another version
         ├── DataStoreUnavailable  503: the database cannot be reached or did not answer in time
         └── DataStoreError        500: the database answered, but refused the operation
 
@@ -34,6 +35,7 @@ __all__ = [
     "DataStoreError",
     "DataStoreUnavailable",
     "HTTPException",
+    "VersionConflict",
     "translate_driver_errors",
 ]
 
@@ -87,6 +89,27 @@ class HTTPException(_HTTPExceptionBase):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status_code={self.status_code!r}, detail={self.detail!r})"
+
+
+class VersionConflict(HTTPException):
+    """Raised by ``set`` and ``delete`` with ``if_version`` when the item is not at that
+    version; nothing was changed. Status 409.
+
+    ``current_version`` is the item's version when the command ran, 0 if it was absent (or
+    expired): pass it back as ``if_version`` after re-reading the item to try again.
+    """
+
+    key: str
+    expected_version: int
+    current_version: int
+
+    def __init__(self, key: str, expected_version: int, current_version: int) -> None:
+        found = f"is at version {current_version}" if current_version else "does not exist"
+        expected = "absent" if expected_version == 0 else f"version {expected_version}"
+        super().__init__(409, f"key {key!r} {found}, not {expected}")
+        self.key = key
+        self.expected_version = expected_version
+        self.current_version = current_version
 
 
 class DataStoreUnavailable(HTTPException):

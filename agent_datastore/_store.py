@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from datetime import timezone
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bson.codec_options import CodecOptions
-from pymongo import MongoClient, UpdateOne
+from pymongo import MongoClient, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import (
     BulkWriteError,
@@ -27,7 +27,15 @@ from pymongo.errors import (
 )
 
 from . import _core, _embedded
-from ._exceptions import DataStoreUnavailable, translate_driver_errors
+from ._exceptions import DataStoreUnavailable, VersionConflict, translate_driver_errors
+from ._items import (
+    ITEM_INFO_PROJECTION,
+    ITEM_PROJECTION,
+    Item,
+    ItemInfo,
+    item_from_document,
+    item_info_from_document,
+)
 
 __all__ = [
     "DEFAULT_COLLECTION",
@@ -60,9 +68,12 @@ _CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
 _VALUE_ONLY = {"value": 1, "_id": 0}
 _KEY_ONLY = {"key": 1, "_id": 0}
 _KEY_AND_VALUE = {"key": 1, "value": 1, "_id": 0}
+_VERSION_ONLY = {"version": 1, "createdAt": 1, "expiresAt": 1, "_id": 0}
+_COUNTER_STATE = {"value": 1, "createdAt": 1, "expiresAt": 1, "_id": 0}
 _BY_KEY = [("key", 1)]
 _DUPLICATE_KEY = 11000
-_INDEX_OPTIONS_CONFLICT = 85  # the same index exists under another name
+# The same index exists under another name (85), or with other options (86).
+_INDEX_CONFLICTS = frozenset({85, 86})
 _SIMPLE = _core.SIMPLE_COLLATION
 
 
@@ -72,10 +83,25 @@ class DataStore:
     ``DataStore(collection)`` wraps a pymongo ``Collection`` (or a mongomock-ng one) that the
     caller owns: ``close()`` then leaves the caller's client open. ``connect()`` makes a store
     that owns its client and closes it. Creating a store never touches the database; the
-    unique index is ensured once, on first use.
+    indexes are ensured once, on first use.
+
+    ``max_value_bytes`` caps the BSON size of each value this store writes (default: whatever
+    fits MongoDB's 16 MiB document). ``clock`` is the time source of timestamps and expiry, a
+    function returning an aware ``datetime``; tests pass one they can move forward.
     """
 
-    def __init__(self, collection: Collection[Any], *, ensure_indexes: bool = True) -> None:
+    def __init__(
+        self,
+        collection: Collection[Any],
+        *,
+        ensure_indexes: bool = True,
+        max_value_bytes: int | None = None,
+        clock: _core.Clock | None = None,
+    ) -> None:
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a function, not {type(clock).__name__}")
+        self._max_value_bytes = _core.check_max_value_bytes(max_value_bytes)
+        self._clock = clock
         self._collection = collection
         target: Any = collection.with_options(codec_options=_CODEC_OPTIONS)
         if _embedded.is_fake_collection(collection):
@@ -91,6 +117,15 @@ class DataStore:
         """The collection this store reads and writes, as it was given or created."""
         return self._collection
 
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest value, in BSON bytes, that this store writes."""
+        return self._max_value_bytes
+
+    def now(self) -> datetime:
+        """The store's current time, as it timestamps items: UTC, whole milliseconds."""
+        return _core.utc_now(self._clock)
+
     def proxy(
         self, user_id: str, agent_name: str, namespace: str = "default"
     ) -> AgentDataStoreProxy:
@@ -98,7 +133,8 @@ class DataStore:
         return AgentDataStoreProxy(self, user_id, agent_name, namespace)
 
     def ensure_indexes(self) -> None:
-        """Create the unique index on (userId, agentName, namespace, key) if it is missing.
+        """Create the unique index on (userId, agentName, namespace, key) and the TTL index on
+        expiresAt if they are missing.
 
         Idempotent. Proxies call it once, on first use; call it yourself to fail early.
         """
@@ -110,13 +146,24 @@ class DataStore:
                     _core.INDEX_KEYS, name=_core.INDEX_NAME, unique=True, collation=_SIMPLE
                 )
             except OperationFailure as exc:
-                if exc.code != _INDEX_OPTIONS_CONFLICT or not self._has_equivalent_index():
+                if exc.code not in _INDEX_CONFLICTS or not self._has_index(
+                    _core.is_equivalent_index
+                ):
+                    raise
+            try:
+                self._target.create_index(
+                    _core.TTL_INDEX_KEYS,
+                    name=_core.TTL_INDEX_NAME,
+                    expireAfterSeconds=0,
+                    sparse=True,
+                )
+            except OperationFailure as exc:
+                if exc.code not in _INDEX_CONFLICTS or not self._has_index(_core.is_expiry_index):
                     raise
         self._indexes_ready = True
 
-    def _has_equivalent_index(self) -> bool:
-        indexes = self._target.index_information().values()
-        return any(_core.is_equivalent_index(spec) for spec in indexes)
+    def _has_index(self, matches: Any) -> bool:
+        return any(matches(spec) for spec in self._target.index_information().values())
 
     def _ready_collection(self) -> Any:
         """The collection to send commands to, its index ensured."""
@@ -188,47 +235,160 @@ class AgentDataStoreProxy:
             f"namespace={scope.namespace!r})"
         )
 
+    def _now(self) -> datetime:
+        return self._store.now()
+
     def get(self, key: str, default: Any = None) -> Any:
-        """The value stored under ``key``, or ``default`` when there is none.
+        """The value stored under ``key``, or ``default`` when there is none (or it expired).
 
         A stored ``null`` is a value: ``get`` returns ``None`` for it, whatever the default.
         """
-        item_filter = self._scope.item_filter(_core.check_key(key))
+        item_filter = self._scope.live_item_filter(_core.check_key(key), self._now())
         with translate_driver_errors():
             document = self._store._ready_collection().find_one(
                 item_filter, _VALUE_ONLY, collation=_SIMPLE
             )
         return _core.value_of(document, default)
 
-    def set(self, key: str, value: Any, metadata: Mapping[str, Any] | None = None) -> None:
-        """Store ``value`` under ``key``, overwriting any value; merge ``metadata`` into the
-        item's metadata. ``TypeError`` for a value that is not JSON."""
-        key = _core.check_key(key)
-        upsert = self._scope.upsert(key, value, _core.check_metadata(metadata), _core.utc_now())
-        with translate_driver_errors((key,)):
-            collection = self._store._ready_collection()
-            try:
-                collection.update_one(upsert.filter, upsert.update, upsert=True, collation=_SIMPLE)
-            except DuplicateKeyError:
-                # Another client inserted the key between our match and our insert; the item
-                # exists now, so the same idempotent upsert updates it.
-                collection.update_one(upsert.filter, upsert.update, upsert=True, collation=_SIMPLE)
-
-    def delete(self, key: str) -> bool:
-        """Delete ``key``; ``True`` if it existed."""
-        item_filter = self._scope.item_filter(_core.check_key(key))
+    def get_item(self, key: str) -> Item | None:
+        """The item under ``key`` with its metadata, timestamps, version and expiry; ``None``
+        when there is none (or it expired)."""
+        item_filter = self._scope.live_item_filter(_core.check_key(key), self._now())
         with translate_driver_errors():
-            result = self._store._ready_collection().delete_one(item_filter, collation=_SIMPLE)
-        return bool(result.deleted_count == 1)
+            document = self._store._ready_collection().find_one(
+                item_filter, ITEM_PROJECTION, collation=_SIMPLE
+            )
+        return None if document is None else item_from_document(document)
 
-    def list_keys(self, prefix: str | None = None) -> list[str]:
+    def set(
+        self,
+        key: str,
+        value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        if_version: int | None = None,
+    ) -> None:
+        """Store ``value`` under ``key``, overwriting any value; merge ``metadata`` into the
+        item's metadata. ``TypeError`` for a value that is not JSON.
+
+        ``ttl`` (seconds or a ``timedelta``) makes the item expire; without it the item does
+        not expire. ``if_version=N`` writes only if the item is at version N (0: only if it is
+        absent), else raises ``VersionConflict``; after it, the item is at version N + 1.
+        """
+        key = _core.check_key(key)
+        checked_metadata = _core.check_metadata(metadata)
+        checked_ttl = _core.check_ttl(ttl)
+        expected = _core.check_if_version(if_version)
+        now = self._now()
+        write = self._scope.set_write(
+            key,
+            value,
+            checked_metadata,
+            now,
+            ttl=checked_ttl,
+            if_version=expected,
+            max_value_bytes=self._store.max_value_bytes,
+        )
+        if expected is None:
+            with translate_driver_errors((key,)):
+                self._update(write)
+            return
+        with translate_driver_errors((key,)):
+            before = self._find_and_update(write, _VERSION_ONLY)
+        current = _core.set_conflict(before, now, expected)
+        if current is not None:
+            raise VersionConflict(key, expected, current)
+
+    def _update(self, write: _core.Write) -> None:
+        collection = self._store._ready_collection()
+        try:
+            collection.update_one(
+                write.filter, write.pipeline, upsert=write.upsert, collation=_SIMPLE
+            )
+        except DuplicateKeyError:
+            # Another client inserted the key between our match and our insert (servers
+            # before 4.2 do not retry this themselves); the item exists now, so the same
+            # command updates it.
+            collection.update_one(
+                write.filter, write.pipeline, upsert=write.upsert, collation=_SIMPLE
+            )
+
+    def _find_and_update(self, write: _core.Write, projection: Mapping[str, Any]) -> Any:
+        """Run ``write`` and return the document as it was before (``None`` if absent)."""
+        collection = self._store._ready_collection()
+        arguments: dict[str, Any] = {
+            "projection": projection,
+            "upsert": write.upsert,
+            "return_document": ReturnDocument.BEFORE,
+            "collation": _SIMPLE,
+        }
+        try:
+            return collection.find_one_and_update(write.filter, write.pipeline, **arguments)
+        except DuplicateKeyError:  # as in _update
+            return collection.find_one_and_update(write.filter, write.pipeline, **arguments)
+
+    def increment(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to the integer stored under ``key`` and return the new value, in one
+        atomic command; an absent (or expired) key starts from 0. ``TypeError`` if the value
+        is not an integer, ``ValueError`` if the sum would leave the 64-bit range."""
+        key = _core.check_key(key)
+        amount = _core.check_amount(amount)
+        now = self._now()
+        write = self._scope.increment_write(key, amount, now)
+        with translate_driver_errors((key,)):
+            before = self._find_and_update(write, _COUNTER_STATE)
+        return _core.increment_result(key, before, now, amount)
+
+    def delete(self, key: str, *, if_version: int | None = None) -> bool:
+        """Delete ``key``; ``True`` if it existed (and had not expired).
+
+        ``if_version=N`` deletes only if the item is at version N, else raises
+        ``VersionConflict``; ``if_version=0`` asserts that the item is absent.
+        """
+        key = _core.check_key(key)
+        expected = _core.check_if_version(if_version)
+        now = self._now()
+        item_filter = self._scope.live_item_filter(key, now)
+        if expected == 0:
+            with translate_driver_errors():
+                document = self._store._ready_collection().find_one(
+                    item_filter, _VERSION_ONLY, collation=_SIMPLE
+                )
+            if document is not None:
+                raise VersionConflict(key, 0, _core.version_of(document))
+            return False
+        if expected is not None:
+            item_filter = {**item_filter, **_core.version_query(expected)}
+        with translate_driver_errors():
+            collection = self._store._ready_collection()
+            deleted = bool(collection.delete_one(item_filter, collation=_SIMPLE).deleted_count)
+            if deleted or expected is None:
+                return deleted
+            # The conditional delete alone decided; this read only tells the caller why.
+            document = collection.find_one(
+                self._scope.live_item_filter(key, now), _VERSION_ONLY, collation=_SIMPLE
+            )
+        raise VersionConflict(key, expected, 0 if document is None else _core.version_of(document))
+
+    def list_keys(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[str]:
         """The keys of this namespace that start with ``prefix`` (all keys without one),
-        sorted."""
-        return self._list_keys(prefix, 0)
+        sorted. Paged: at most ``limit`` keys, those after the key ``start_after``."""
+        keys_filter = self._keys_filter(prefix, start_after)
+        return self._key_page(keys_filter, _core.check_limit(limit))
 
-    def _list_keys(self, prefix: str | None, limit: int) -> list[str]:
-        """``list_keys``, at most ``limit`` keys (0: all); the admin tools page with it."""
-        keys_filter = self._scope.keys_filter(_core.check_prefix(prefix))
+    def _keys_filter(self, prefix: object, start_after: object) -> dict[str, Any]:
+        checked_prefix = _core.check_prefix(prefix)
+        checked_start = _core.check_start_after(start_after)
+        return self._scope.keys_filter(checked_prefix, self._now(), checked_start)
+
+    def _key_page(self, keys_filter: dict[str, Any], limit: int) -> list[str]:
         with translate_driver_errors():
             cursor = self._store._ready_collection().find(
                 keys_filter,
@@ -240,11 +400,55 @@ class AgentDataStoreProxy:
             )
             return [document["key"] for document in cursor]
 
+    def iter_keys(self, prefix: str | None = None) -> Iterator[str]:
+        """Every key of this namespace that starts with ``prefix``, sorted, streamed a page at
+        a time: memory stays flat however many keys there are.
+
+        Each page is a new query starting after the last key seen, so the stream never
+        repeats a key and never holds a cursor open on the server; keys written or deleted
+        meanwhile are seen or not depending on where the stream is.
+        """
+        checked_prefix = _core.check_prefix(prefix)
+        return self._iter_keys(checked_prefix)
+
+    def _iter_keys(self, prefix: str | None) -> Iterator[str]:
+        start_after: str | None = None
+        while True:
+            keys_filter = self._scope.keys_filter(prefix, self._now(), start_after)
+            page = self._key_page(keys_filter, _core.KEY_PAGE_SIZE)
+            yield from page
+            if len(page) < _core.KEY_PAGE_SIZE:
+                return
+            start_after = page[-1]
+
+    def list_items(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[ItemInfo]:
+        """The details of the items ``list_keys`` would list (metadata, timestamps, version,
+        expiry and stored size, without the values), paged the same way."""
+        keys_filter = self._keys_filter(prefix, start_after)
+        checked_limit = _core.check_limit(limit)
+        with translate_driver_errors():
+            cursor = self._store._ready_collection().find(
+                keys_filter,
+                ITEM_INFO_PROJECTION,
+                sort=_BY_KEY,
+                limit=checked_limit,
+                batch_size=_core.LISTING_BATCH_SIZE,
+                collation=_SIMPLE,
+            )
+            documents = list(cursor)
+        return [item_info_from_document(document) for document in documents]
+
     def list_namespaces(self) -> list[str]:
         """The namespaces in which this user's agent has at least one key, sorted."""
         with translate_driver_errors():
             names = self._store._ready_collection().distinct(
-                "namespace", self._scope.agent_filter(), collation=_SIMPLE
+                "namespace", self._scope.agent_filter(self._now()), collation=_SIMPLE
             )
         return sorted(name for name in names if isinstance(name, str))
 
@@ -255,10 +459,11 @@ class AgentDataStoreProxy:
         )
 
     def clear(self) -> int:
-        """Delete every key of this namespace; the number deleted."""
+        """Delete every key of this namespace; the number deleted (expired items, which are
+        already gone for every reader, are not counted)."""
         with translate_driver_errors():
             result = self._store._ready_collection().delete_many(
-                self._scope.namespace_filter, collation=_SIMPLE
+                self._scope.live_namespace_filter(self._now()), collation=_SIMPLE
             )
         return int(result.deleted_count)
 
@@ -269,7 +474,7 @@ class AgentDataStoreProxy:
             return {}
         with translate_driver_errors():
             cursor = self._store._ready_collection().find(
-                self._scope.many_filter(checked),
+                self._scope.many_filter(checked, self._now()),
                 _KEY_AND_VALUE,
                 batch_size=_core.LISTING_BATCH_SIZE,
                 collation=_SIMPLE,
@@ -277,20 +482,30 @@ class AgentDataStoreProxy:
             documents = list(cursor)
         return _core.values_by_key(documents, checked)
 
-    def set_many(self, items: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> int:
+    def set_many(
+        self,
+        items: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> int:
         """Store every key and value of ``items`` in one unordered bulk write, each with
-        ``metadata`` merged in; the number of items stored. Every item is checked first: if
-        one is invalid, nothing is written."""
+        ``metadata`` merged in (and ``ttl``, as for ``set``); the number of items stored.
+        Every item is checked first: if one is invalid, nothing is written."""
         items = _core.check_items(items)
         checked_metadata = _core.check_metadata(metadata)
-        now = _core.utc_now()
+        checked_ttl = _core.check_ttl(ttl)
+        now = self._now()
+        limit = self._store.max_value_bytes
         keys: list[str] = []
         requests: list[UpdateOne] = []
         for raw_key, value in items.items():
             key = _core.check_key(raw_key)
-            upsert = self._scope.upsert(key, value, checked_metadata, now)
+            write = self._scope.set_write(
+                key, value, checked_metadata, now, ttl=checked_ttl, max_value_bytes=limit
+            )
             keys.append(key)
-            requests.append(UpdateOne(upsert.filter, upsert.update, upsert=True, collation=_SIMPLE))
+            requests.append(UpdateOne(write.filter, write.pipeline, upsert=True, collation=_SIMPLE))
         if not requests:
             return 0
         with translate_driver_errors(keys):
@@ -320,6 +535,8 @@ def connect(
     database: str | None = None,
     collection: str = DEFAULT_COLLECTION,
     ensure_indexes: bool = True,
+    max_value_bytes: int | None = None,
+    clock: _core.Clock | None = None,
     **options: Any,
 ) -> DataStore:
     """Open a store that owns its client.
@@ -328,8 +545,11 @@ def connect(
     store (new, empty and private at each call). For ``mongodb://`` and ``mongodb+srv://`` URIs,
     the database is the URI's path (``agent_datastore`` without one) and ``options`` go to
     ``pymongo.MongoClient``; options in ``options`` win over the URI's, which win over this
-    package's defaults. Never blocks and never fails for an unreachable server.
+    package's defaults. ``ensure_indexes``, ``max_value_bytes`` and ``clock`` are passed to
+    ``DataStore``. Never blocks and never fails for an unreachable server.
     """
+    # checked before a client exists, so a bad argument leaks nothing
+    _core.check_max_value_bytes(max_value_bytes)
     if uri is None:
         uri = os.environ.get(URI_ENVIRONMENT_VARIABLE) or EMBEDDED_URI
     if not isinstance(uri, str):
@@ -361,7 +581,13 @@ def connect(
     except (InvalidName, TypeError) as exc:
         client.close()
         raise ValueError(f"invalid database or collection name: {exc}") from exc
-    store = DataStore(target, ensure_indexes=ensure_indexes)
+    try:
+        store = DataStore(
+            target, ensure_indexes=ensure_indexes, max_value_bytes=max_value_bytes, clock=clock
+        )
+    except TypeError:
+        client.close()
+        raise
     store._owned_client = client
     return store
 

@@ -9,11 +9,17 @@ Export format (JSON Lines, one item per line)::
 
     {"userId": "u", "agentName": "a", "namespace": "default", "key": "k",
      "value": <the JSON value>, "metadata": {<name>: <JSON value>, ...},
-     "createdAt": "2026-11-26T10:29:09.123Z", "updatedAt": "2026-11-26T10:29:09.123Z"}
+     "createdAt": "2026-11-26T10:29:09.123Z", "updatedAt": "2026-11-26T10:29:09.123Z",
+     "version": 3, "expiresAt": null}
 
-Values and metadata are JSON already, so plain JSON holds them without loss; the two dates are
+Values and metadata are JSON already, so plain JSON holds them without loss; the dates are
 ISO 8601 in UTC with MongoDB's millisecond precision. This is the documented equivalent of
-MongoDB Extended JSON for this schema.
+MongoDB Extended JSON for this schema. ``version`` and ``expiresAt`` may be left out of a line
+(exports made before they existed): the item is then at version 1 and does not expire.
+
+An export is a copy of what is stored: an item that has expired but that the server's TTL
+monitor has not deleted yet is exported with its ``expiresAt``, and is as invisible after an
+import as it was before.
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ _BROKEN_SCHEMA: dict[str, Any] = {
         *({name: {"$type": "array"}} for name in (*_STRING_FIELDS, "metadata", *_DATE_FIELDS)),
     ]
 }
-_EXPORT_FIELDS = ("userId", "agentName", "namespace", "key", "value", "metadata", *_DATE_FIELDS)
+_REQUIRED_FIELDS = ("userId", "agentName", "namespace", "key", "value", "metadata", *_DATE_FIELDS)
+_EXPORT_FIELDS = (*_REQUIRED_FIELDS, "version", "expiresAt")
 
 
 def _collection(store: DataStore) -> Any:
@@ -117,7 +124,7 @@ def keys(
     """The keys of one namespace, sorted, at most ``limit`` of them."""
     if limit is not None and (type(limit) is not int or limit < 1):
         raise ValueError(f"limit must be a positive integer, not {limit!r}")
-    return store.proxy(user_id, agent_name, namespace)._list_keys(prefix, limit or 0)
+    return store.proxy(user_id, agent_name, namespace).list_keys(prefix, limit=limit or None)
 
 
 def _iso(moment: Any) -> Any:
@@ -138,7 +145,8 @@ def _item_record(document: dict[str, Any]) -> dict[str, Any]:
     record = {name: document.get(name) for name in _EXPORT_FIELDS}
     record["value"] = _codec.decode(document.get("value"))
     record["metadata"] = metadata
-    for name in _DATE_FIELDS:
+    record["version"] = document.get("version", 1)
+    for name in (*_DATE_FIELDS, "expiresAt"):
         record[name] = _iso(record[name])
     return record
 
@@ -271,11 +279,11 @@ def _parse_date(text: object, name: str) -> datetime:
     return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
 
 
-def _restore(record: object) -> tuple[dict[str, Any], dict[str, Any]]:
+def _restore(store: DataStore, record: object) -> tuple[dict[str, Any], dict[str, Any]]:
     """The filter and update that put an export record back exactly as it was."""
     if not isinstance(record, dict):
         raise TypeError("a line must hold a JSON object")
-    missing = [name for name in _EXPORT_FIELDS if name not in record]
+    missing = [name for name in _REQUIRED_FIELDS if name not in record]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     extra = sorted(set(record) - set(_EXPORT_FIELDS))
@@ -286,15 +294,25 @@ def _restore(record: object) -> tuple[dict[str, Any], dict[str, Any]]:
     paths, metadata_size = _core.check_metadata(record["metadata"] or {})
     created = _parse_date(record["createdAt"], "createdAt")
     updated = _parse_date(record["updatedAt"], "updatedAt")
-    upsert = scope.upsert(key, record["value"], (paths, metadata_size), updated)
+    version = record.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**63:
+        raise ValueError(f"version must be an integer of at least 1, not {version!r}")
+    expires = record.get("expiresAt")
+    value = scope.encode_value(
+        key, record["value"], metadata_size, store.max_value_bytes, expires=expires is not None
+    )
     metadata = {path.removeprefix("metadata."): value for path, value in paths.items()}
     document = {
-        "value": upsert.update["$set"]["value"],
+        "value": value,
         "metadata": metadata,
         "createdAt": created,
         "updatedAt": updated,
+        "version": version,
     }
-    return upsert.filter, {"$set": document}
+    if expires is None:
+        return scope.item_filter(key), {"$set": document, "$unset": {"expiresAt": ""}}
+    document["expiresAt"] = _parse_date(expires, "expiresAt")
+    return scope.item_filter(key), {"$set": document}
 
 
 def import_items(
@@ -344,7 +362,7 @@ def import_items(
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             if not text.strip():
                 continue
-            item_filter, update = _restore(json.loads(text))
+            item_filter, update = _restore(store, json.loads(text))
         except (TypeError, ValueError) as exc:  # decode and JSON errors are ValueErrors
             reject(number, str(exc))
             continue

@@ -65,6 +65,8 @@ class StandInServer:
                 scope = tuple(statement["q"][field] for field in _SCOPE)
                 document = self.items.setdefault(scope, dict(zip(_SCOPE, scope, strict=True)))
                 document.update(statement["u"]["$set"])
+                for name in statement["u"].get("$unset", {}):
+                    document.pop(name, None)
             request.ok(n=len(doc["updates"]), nModified=0)
         else:
             self.unexpected.append(name)

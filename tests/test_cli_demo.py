@@ -110,18 +110,20 @@ def test_installed_console_script_exports_then_imports_thousands_of_items(
         start = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
         values: list[object] = [{"n": 1}, [1.5, None], "é\x00", {"a.b": 2**70}, True, {"$x": {}}]
         for i in range(3000):
-            source.put(
-                {
-                    "userId": f"user-{i % 7}",
-                    "agentName": f"agent-{i % 3}",
-                    "namespace": f"ns:{i % 5}",
-                    "key": f"key-{i:05d}",
-                    "value": _codec.encode(values[i % len(values)], 2)[0],
-                    "metadata": {"batch": i // 100, "odd$": _codec.encode({"$": i}, 3)[0]},
-                    "createdAt": start + timedelta(seconds=i),
-                    "updatedAt": start + timedelta(seconds=i, milliseconds=1),
-                }
-            )
+            document = {
+                "userId": f"user-{i % 7}",
+                "agentName": f"agent-{i % 3}",
+                "namespace": f"ns:{i % 5}",
+                "key": f"key-{i:05d}",
+                "value": _codec.encode(values[i % len(values)], 2)[0],
+                "metadata": {"batch": i // 100, "odd$": _codec.encode({"$": i}, 3)[0]},
+                "createdAt": start + timedelta(seconds=i),
+                "updatedAt": start + timedelta(seconds=i, milliseconds=1),
+                "version": 1 + i % 4,
+            }
+            if i % 10 == 0:
+                document["expiresAt"] = start + timedelta(days=400, seconds=i)
+            source.put(document)
         dump = tmp_path / "items.jsonl"
         exported = subprocess.run(
             [script, "--uri", source.uri, "export", "-o", str(dump)],

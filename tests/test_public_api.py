@@ -16,6 +16,9 @@ def test_all_is_exactly_the_public_surface() -> None:
         "DataStoreError",
         "DataStoreUnavailable",
         "HTTPException",
+        "Item",
+        "ItemInfo",
+        "VersionConflict",
         "__version__",
         "connect",
     ]

@@ -142,6 +142,7 @@ def test_document_has_exactly_the_documented_fields(
         "metadata",
         "createdAt",
         "updatedAt",
+        "version",
     }
     assert (doc["userId"], doc["agentName"], doc["namespace"], doc["key"]) == (
         "user-1",

@@ -3,15 +3,17 @@ pymongo client to a wire-protocol test server."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from bson.int64 import Int64
 
-from agent_datastore import AgentDataStoreProxy
+from agent_datastore import AgentDataStoreProxy, VersionConflict
+from agent_datastore._core import KEY_PAGE_SIZE
 
 from .wire import WireServer, start_wire_server
 
@@ -22,7 +24,14 @@ INDEX = {
     "key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1},
     "collation": SIMPLE,
 }
+TTL_INDEX = {
+    "name": "expiresAt_1",
+    "key": {"expiresAt": 1},
+    "expireAfterSeconds": 0,
+    "sparse": True,
+}
 SCOPE = [("userId", "user-1"), ("agentName", "agent-a"), ("namespace", "ns")]
+ITEM = [*SCOPE, ("key", "k")]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +64,21 @@ def assert_targeted(query: dict[str, Any], *, namespace: bool = True) -> None:
     assert all(type(value) is str for _, value in items[: len(expected)])
 
 
+def without_expiry(query: dict[str, Any]) -> dict[str, Any]:
+    """``query`` less its expiry condition, which must come last, on its own field: the index
+    bounds come from the fields before it, and the server applies it to what the index finds."""
+    *rest, (name, condition) = query.items()
+    assert name == "expiresAt"
+    (moment,) = condition["$not"].values()
+    assert condition == {"$not": {"$lte": moment}}
+    assert isinstance(moment, datetime)
+    return dict(rest)
+
+
+def stage_fields(pipeline: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    return [(name, list(spec)) for stage in pipeline for name, spec in stage.items()]
+
+
 # ------------------------------------------------------------------------- one command each
 
 OPERATIONS: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
@@ -67,6 +91,16 @@ OPERATIONS: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "clear": (lambda p: p.clear(), "delete"),
     "get_many": (lambda p: p.get_many(["a", "b", "a"]), "find"),
     "set_many": (lambda p: p.set_many({"a": 1, "b": 2}), "update"),
+    "get_item": (lambda p: p.get_item("k"), "find"),
+    "set ttl": (lambda p: p.set("k", 1, ttl=30), "update"),
+    "set if absent": (lambda p: p.set("k", 1, if_version=0), "findAndModify"),
+    "set if_version": (lambda p: p.set("k", 1, if_version=2), "findAndModify"),
+    "increment": (lambda p: p.increment("k", 3), "findAndModify"),
+    "delete if absent": (lambda p: p.delete("k", if_version=0), "find"),
+    "list_keys page": (lambda p: p.list_keys("a", limit=10, start_after="ab"), "find"),
+    "iter_keys": (lambda p: list(p.iter_keys()), "find"),
+    "list_items": (lambda p: p.list_items(limit=3), "find"),
+    "set_many ttl": (lambda p: p.set_many({"a": 1}, ttl=5), "update"),
 }
 
 
@@ -75,16 +109,24 @@ def test_each_operation_sends_exactly_one_targeted_command(
     wire: WireServer, proxy: AgentDataStoreProxy, operation: str
 ) -> None:
     call, name = OPERATIONS[operation]
-    call(proxy)
+    with contextlib.suppress(VersionConflict):  # the server here holds no item at version 2
+        call(proxy)
     command = only_command(wire, name)
     assert command[name] == "items"
     assert command["$db"] == "agent_datastore"
     # binary comparison whatever the collection's default collation: "alice" is not "Alice"
     if name == "find":
         assert_targeted(command["filter"])
+        without_expiry(command["filter"])
         assert command["collation"] == SIMPLE
     elif name == "distinct":
         assert_targeted(command["query"], namespace=False)
+        without_expiry(command["query"])
+        assert command["collation"] == SIMPLE
+    elif name == "findAndModify":
+        # the filter is exactly the unique index's fields, so the server itself retries an
+        # upsert that races another
+        assert command["query"] == dict(ITEM)
         assert command["collation"] == SIMPLE
     else:
         statements = command["updates" if name == "update" else "deletes"]
@@ -110,7 +152,7 @@ def test_empty_batches_and_use_namespace_send_nothing(
     assert wire.take() == []
 
 
-def test_first_use_creates_the_index_once_with_its_exact_spec(wire: WireServer) -> None:
+def test_first_use_creates_the_indexes_once_with_their_exact_spec(wire: WireServer) -> None:
     with wire.connect() as store:
         assert wire.take() == []  # connect and proxy send nothing
         proxy = store.proxy("user-1", "agent-a", "ns")
@@ -118,23 +160,24 @@ def test_first_use_creates_the_index_once_with_its_exact_spec(wire: WireServer) 
         proxy.set("k", 1)
         proxy.list_namespaces()
         commands = wire.take()
-    assert [next(iter(c)) for c in commands] == ["createIndexes", "find", "update", "distinct"]
-    create = commands[0]
-    assert create["createIndexes"] == "items"
-    assert [dict(index) for index in create["indexes"]] == [INDEX]
-    assert list(create["indexes"][0]["key"].items()) == list(INDEX["key"].items())  # order
+    names = [next(iter(c)) for c in commands]
+    assert names == ["createIndexes", "createIndexes", "find", "update", "distinct"]
+    unique, expiry = commands[:2]
+    assert [dict(index) for index in unique["indexes"]] == [INDEX]
+    assert list(unique["indexes"][0]["key"].items()) == list(INDEX["key"].items())  # order
+    assert [dict(index) for index in expiry["indexes"]] == [TTL_INDEX]
 
 
 # ------------------------------------------------------------------------ each command shape
 
 
-def test_get_finds_one_document_projecting_the_value(
+def test_get_finds_one_live_document_projecting_the_value(
     wire: WireServer, proxy: AgentDataStoreProxy
 ) -> None:
     wire.find_batches.append([{"value": {"n": Int64(2**40), "s": "x"}}])
     assert proxy.get("k") == {"n": 2**40, "s": "x"}
     command = only_command(wire, "find")
-    assert command["filter"] == dict([*SCOPE, ("key", "k")])
+    assert without_expiry(command["filter"]) == dict(ITEM)
     assert command["projection"] == {"value": 1, "_id": 0}
     assert command["limit"] == 1
     assert command["singleBatch"] is True
@@ -147,52 +190,194 @@ def test_get_of_a_missing_key_returns_the_default(
     only_command(wire, "find")
 
 
-def test_set_sends_one_upsert_with_set_and_set_on_insert(
+def test_get_item_projects_everything_but_the_scope(
     wire: WireServer, proxy: AgentDataStoreProxy
 ) -> None:
-    proxy.set("k", {"a.b": [1, 2**70]}, metadata={"version": "1.0", "by": "x"})
+    moment = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+    stored = {"key": "k", "value": [1], "metadata": {"m": 1}, "createdAt": moment}
+    wire.find_batches.append([{**stored, "updatedAt": moment, "version": 4}])
+    item = proxy.get_item("k")
+    assert item is not None
+    assert (item.value, item.metadata, item.version, item.expiresAt) == ([1], {"m": 1}, 4, None)
+    command = only_command(wire, "find")
+    assert without_expiry(command["filter"]) == dict(ITEM)
+    assert command["projection"] == {
+        "_id": 0,
+        "key": 1,
+        "value": 1,
+        "metadata": 1,
+        "createdAt": 1,
+        "updatedAt": 1,
+        "version": 1,
+        "expiresAt": 1,
+    }
+
+
+def test_set_sends_one_upsert_pipeline_of_literals(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    proxy.set("k", {"a.b": [1, 2**70]}, metadata={"version": "1.0", "by": "$x"})
     command = only_command(wire, "update")
     assert command["ordered"] is True
     (statement,) = command["updates"]
-    assert statement["q"] == dict([*SCOPE, ("key", "k")])
+    assert statement["q"] == dict(ITEM)  # only the unique index's fields: no expiry here
     assert statement["upsert"] is True
     assert statement["multi"] is False
-    update = statement["u"]
-    assert list(update) == ["$set", "$setOnInsert"]
-    assert list(update["$set"]) == ["value", "updatedAt", "metadata.version", "metadata.by"]
-    assert update["$set"]["value"] == {
-        "__ads__": "dict",
-        "items": [["a.b", [1, {"__ads__": "int", "digits": str(2**70)}]]],
+    pipeline = statement["u"]
+    assert stage_fields(pipeline) == [
+        ("$set", ["__ads_live"]),
+        ("$set", ["value", "metadata", "createdAt", "updatedAt", "version", "expiresAt"]),
+        ("$set", ["metadata.version", "metadata.by"]),
+        ("$unset", ["__ads_live"]),
+    ]
+    fields = pipeline[1]["$set"]
+    # every value the caller gave is a $literal, so "$x" is never read as a field path
+    assert fields["value"] == {
+        "$literal": {
+            "__ads__": "dict",
+            "items": [["a.b", [1, {"__ads__": "int", "digits": str(2**70)}]]],
+        }
     }
-    assert update["$set"]["metadata.version"] == "1.0"
-    assert isinstance(update["$set"]["updatedAt"], datetime)
-    assert update["$setOnInsert"] == {"createdAt": update["$set"]["updatedAt"]}
+    assert pipeline[2]["$set"] == {
+        "metadata.version": {"$literal": "1.0"},
+        "metadata.by": {"$literal": "$x"},
+    }
+    now = fields["updatedAt"]
+    assert isinstance(now, datetime)
+    assert fields["createdAt"] == {"$cond": ["$__ads_live", "$createdAt", now]}
+    assert fields["version"] == {
+        "$cond": ["$__ads_live", {"$add": [{"$ifNull": ["$version", 1]}, 1]}, 1]
+    }
+    assert fields["metadata"] == {"$cond": ["$__ads_live", "$metadata", {"$literal": {}}]}
+    assert fields["expiresAt"] == "$$REMOVE"  # a set without ttl never expires
 
 
-def test_set_without_metadata_creates_empty_metadata_only_on_insert(
+def test_set_without_metadata_has_no_metadata_stage(
     wire: WireServer, proxy: AgentDataStoreProxy
 ) -> None:
     proxy.set("k", 1)
-    update = only_command(wire, "update")["updates"][0]["u"]
-    assert list(update["$set"]) == ["value", "updatedAt"]
-    assert update["$setOnInsert"] == {"createdAt": update["$set"]["updatedAt"], "metadata": {}}
+    pipeline = only_command(wire, "update")["updates"][0]["u"]
+    assert [name for stage in pipeline for name in stage] == ["$set", "$set", "$unset"]
+
+
+def test_set_with_ttl_writes_expires_at_from_the_same_now(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    proxy.set("k", 1, ttl=timedelta(minutes=5))
+    fields = only_command(wire, "update")["updates"][0]["u"][1]["$set"]
+    assert fields["expiresAt"] - fields["updatedAt"] == timedelta(minutes=5)
 
 
 def test_set_many_sends_one_unordered_update_holding_every_item(
     wire: WireServer, proxy: AgentDataStoreProxy
 ) -> None:
     items = {f"key-{i:04d}": {"i": i} for i in range(1000)}
-    assert proxy.set_many(items, metadata={"batch": "b1"}) == 1000
+    assert proxy.set_many(items, metadata={"batch": "b1"}, ttl=60) == 1000
     command = only_command(wire, "update")
     assert command["ordered"] is False
     statements = command["updates"]
     assert [s["q"]["key"] for s in statements] == list(items)
-    times = {s["u"]["$set"]["updatedAt"] for s in statements}
+    times = {s["u"][1]["$set"]["updatedAt"] for s in statements}
     assert len(times) == 1  # one timestamp for the batch
     for statement in statements:
         assert statement["upsert"] is True
-        assert list(statement["u"]["$set"]) == ["value", "updatedAt", "metadata.batch"]
-        assert list(statement["u"]["$setOnInsert"]) == ["createdAt"]
+        assert stage_fields(statement["u"])[2] == ("$set", ["metadata.batch"])
+        fields = statement["u"][1]["$set"]
+        assert fields["expiresAt"] - fields["updatedAt"] == timedelta(seconds=60)
+
+
+BEFORE_AT_VERSION_3 = {"version": 3, "createdAt": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+
+
+@pytest.mark.parametrize(
+    ("if_version", "before", "conflict"),
+    [
+        (0, None, None),
+        (0, BEFORE_AT_VERSION_3, 3),
+        (3, BEFORE_AT_VERSION_3, None),
+        (2, BEFORE_AT_VERSION_3, 3),
+        (3, None, 0),
+    ],
+)
+def test_set_if_version_is_one_find_and_modify_that_reports_what_it_found(
+    wire: WireServer,
+    proxy: AgentDataStoreProxy,
+    if_version: int,
+    before: dict[str, Any] | None,
+    conflict: int | None,
+) -> None:
+    wire.found_and_modified.append(before)
+    if conflict is None:
+        proxy.set("k", "v", if_version=if_version)
+    else:
+        with pytest.raises(VersionConflict) as caught:
+            proxy.set("k", "v", if_version=if_version)
+        assert caught.value.current_version == conflict
+    command = only_command(wire, "findAndModify")
+    assert command["query"] == dict(ITEM)
+    assert command["upsert"] is (if_version == 0)  # an item at version N is never created
+    assert command["new"] is False  # the document as it was: the client replays the decision
+    assert command["fields"] == {"version": 1, "createdAt": 1, "expiresAt": 1, "_id": 0}
+    pipeline = command["update"]
+    guard = pipeline[1]["$set"]["__ads_ok"]
+    if if_version == 0:
+        assert guard == {"$not": ["$__ads_live"]}
+    else:
+        assert guard == {
+            "$and": ["$__ads_live", {"$eq": [{"$ifNull": ["$version", 1]}, if_version]}]
+        }
+    # where the guard fails, every field is written back as it was: no change at all
+    assert pipeline[2]["$set"]["value"] == {"$cond": ["$__ads_ok", {"$literal": "v"}, "$value"]}
+    assert pipeline[-1] == {"$unset": ["__ads_live", "__ads_ok"]}
+
+
+@pytest.mark.parametrize(("before", "result"), [(None, 3), ({"value": Int64(39)}, 42)])
+def test_increment_is_one_atomic_find_and_modify(
+    wire: WireServer,
+    proxy: AgentDataStoreProxy,
+    before: dict[str, Any] | None,
+    result: int,
+) -> None:
+    if before is not None:
+        before = {**before, "createdAt": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    wire.found_and_modified.append(before)
+    assert proxy.increment("k", 3) == result
+    command = only_command(wire, "findAndModify")
+    assert command["query"] == dict(ITEM)
+    assert command["upsert"] is True
+    fields = command["update"][2]["$set"]
+    assert fields["value"] == {
+        "$cond": [
+            "$__ads_ok",
+            {"$cond": ["$__ads_live", {"$add": ["$value", 3]}, 3]},
+            "$value",
+        ]
+    }
+
+
+def test_delete_if_version_is_one_conditional_delete(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.deleted = 1
+    assert proxy.delete("k", if_version=1) is True
+    wire.deleted = 0
+    (statement,) = only_command(wire, "delete")["deletes"]
+    query = without_expiry({k: v for k, v in statement["q"].items() if k != "version"})
+    assert query == dict(ITEM)
+    # items written before versions existed count as version 1
+    assert statement["q"]["version"] == {"$in": [1, None]}
+
+
+def test_a_refused_delete_if_version_then_reads_the_version_to_report_it(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.find_batches.append([{"version": 5, "createdAt": datetime(2026, 1, 1)}])
+    with pytest.raises(VersionConflict) as caught:
+        proxy.delete("k", if_version=4)
+    assert caught.value.current_version == 5
+    delete, find = wire.take()
+    assert delete["deletes"][0]["q"]["version"] == 4
+    assert without_expiry(find["filter"]) == dict(ITEM)
 
 
 def test_get_many_sends_one_find_with_in(wire: WireServer, proxy: AgentDataStoreProxy) -> None:
@@ -201,7 +386,7 @@ def test_get_many_sends_one_find_with_in(wire: WireServer, proxy: AgentDataStore
     assert list(result.items()) == [("a", 1), ("b", 2)]
     assert type(result["a"]) is int
     command = only_command(wire, "find")
-    assert command["filter"] == dict([*SCOPE, ("key", {"$in": ["a", "zz", "b"]})])
+    assert without_expiry(command["filter"]) == dict([*SCOPE, ("key", {"$in": ["a", "zz", "b"]})])
     assert command["projection"] == {"key": 1, "value": 1, "_id": 0}
     assert command["batchSize"] >= 1000  # one round trip for the usual batch
 
@@ -217,7 +402,7 @@ def test_get_many_sends_one_find_with_in(wire: WireServer, proxy: AgentDataStore
         ("line\nnext", "^line\\\nnext"),
     ],
 )
-def test_list_keys_sends_an_anchored_escaped_regex_covered_and_sorted(
+def test_list_keys_sends_an_anchored_escaped_regex_on_the_index_sorted(
     wire: WireServer, proxy: AgentDataStoreProxy, prefix: str, pattern: str
 ) -> None:
     wire.find_batches.append([{"key": prefix + "1"}, {"key": prefix + "2"}])
@@ -228,7 +413,7 @@ def test_list_keys_sends_an_anchored_escaped_regex_covered_and_sorted(
     assert "\x00" not in regex  # a BSON regex cannot hold NUL
     assert re.match(regex, prefix + "tail")
     assert not re.match(regex, "x" + prefix)
-    assert list(command["filter"]) == ["userId", "agentName", "namespace", "key"]
+    assert list(command["filter"]) == ["userId", "agentName", "namespace", "key", "expiresAt"]
     assert "$options" not in command["filter"]["key"]  # no i, m or x flag
     assert command["projection"] == {"key": 1, "_id": 0}
     assert command["sort"] == {"key": 1}
@@ -239,8 +424,53 @@ def test_list_keys_without_prefix_sends_no_regex(
 ) -> None:
     proxy.list_keys(prefix="")
     command = only_command(wire, "find")
-    assert command["filter"] == dict(SCOPE)
+    assert without_expiry(command["filter"]) == dict(SCOPE)
     assert command["sort"] == {"key": 1}
+    assert "limit" not in command
+
+
+def test_a_page_of_keys_bounds_the_key_on_both_sides_and_limits(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.find_batches.append([{"key": "ab1"}])
+    assert proxy.list_keys(prefix="a", limit=2, start_after="ab") == ["ab1"]
+    command = only_command(wire, "find")
+    # both are bounds on the index's key field, which the server intersects
+    assert without_expiry(command["filter"])["key"] == {"$regex": "^a", "$gt": "ab"}
+    assert command["limit"] == 2
+    assert command["sort"] == {"key": 1}
+
+
+def test_iter_keys_asks_page_after_page_starting_after_the_last_key(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    size = KEY_PAGE_SIZE
+    first = [{"key": f"k{i:06d}"} for i in range(size)]
+    wire.find_batches.extend([first, [{"key": "z"}]])
+    keys = list(proxy.iter_keys(prefix="k"))
+    assert keys == [d["key"] for d in first] + ["z"]
+    commands = wire.take()
+    assert [c["limit"] for c in commands] == [size, size]
+    assert without_expiry(commands[0]["filter"])["key"] == {"$regex": "^k"}
+    assert without_expiry(commands[1]["filter"])["key"] == {
+        "$regex": "^k",
+        "$gt": f"k{size - 1:06d}",
+    }
+
+
+def test_list_items_projects_details_and_the_stored_size_without_values(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    moment = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+    details = {"metadata": {}, "createdAt": moment, "updatedAt": moment, "version": 2}
+    wire.find_batches.append([{"key": "a", **details, "expiresAt": moment, "size": 120}])
+    (info,) = proxy.list_items(limit=1)
+    assert (info.key, info.size, info.version, info.expiresAt) == ("a", 120, 2, moment)
+    command = only_command(wire, "find")
+    assert "value" not in command["projection"]
+    assert command["projection"]["size"] == {"$bsonSize": "$$ROOT"}
+    assert command["sort"] == {"key": 1}
+    assert command["limit"] == 1
 
 
 def test_list_namespaces_sends_one_distinct_on_user_and_agent(
@@ -251,7 +481,7 @@ def test_list_namespaces_sends_one_distinct_on_user_and_agent(
     wire.distinct_values = []
     command = only_command(wire, "distinct")
     assert command["key"] == "namespace"
-    assert command["query"] == dict(SCOPE[:2])
+    assert without_expiry(command["query"]) == dict(SCOPE[:2])
 
 
 def test_delete_sends_one_delete_of_one_key(wire: WireServer, proxy: AgentDataStoreProxy) -> None:
@@ -259,7 +489,7 @@ def test_delete_sends_one_delete_of_one_key(wire: WireServer, proxy: AgentDataSt
         wire.deleted = deleted
         assert proxy.delete("k") is expected
         (statement,) = only_command(wire, "delete")["deletes"]
-        assert statement["q"] == dict([*SCOPE, ("key", "k")])
+        assert without_expiry(statement["q"]) == dict(ITEM)  # an expired item is not counted
         assert statement["limit"] == 1
 
 
@@ -270,5 +500,5 @@ def test_clear_sends_one_delete_of_the_namespace(
     assert proxy.clear() == 7
     wire.deleted = 0
     (statement,) = only_command(wire, "delete")["deletes"]
-    assert statement["q"] == dict(SCOPE)
+    assert without_expiry(statement["q"]) == dict(SCOPE)
     assert statement["limit"] == 0

@@ -22,7 +22,7 @@ from agent_datastore import DataStore
 # Error codes a MongoDB 4.4+ server labels RetryableWriteError when a retryable write fails with
 # them; pymongo retries a write on the label, not the code.
 _RETRYABLE_WRITE_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-_WRITES = {"update", "delete", "insert"}
+_WRITES = {"update", "delete", "insert", "findAndModify"}
 
 # The handshake, answered by mockupdb's own responder, and the client's housekeeping, answered
 # with a plain ok; neither is a command of the store, so neither is recorded.
@@ -49,6 +49,8 @@ class WireServer:
     distinct_values: list[Any] = field(default_factory=list)
     indexes: list[dict[str, Any]] = field(default_factory=list)
     deleted: int = 0
+    # findAndModify replies: the document as it was before, None for none
+    found_and_modified: list[dict[str, Any] | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _hanging: list[Request] = field(default_factory=list)
 
@@ -134,6 +136,10 @@ class WireServer:
             return {"ok": 1, "n": count, "nModified": 0, "upserted": upserted}
         if name == "delete":
             return {"ok": 1, "n": self.deleted}
+        if name == "findAndModify":
+            before = self.found_and_modified.pop(0) if self.found_and_modified else None
+            found = {"n": 1, "updatedExisting": before is not None}
+            return {"ok": 1, "value": before, "lastErrorObject": found}
         if name == "distinct":
             return {"ok": 1, "values": self.distinct_values}
         if name == "listIndexes":

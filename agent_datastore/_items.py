@@ -1,0 +1,107 @@
+"""What ``get_item`` and ``list_items`` return: an item with its details, read-only.
+
+The field names are those of the stored document and of the export format (``createdAt``,
+not ``created_at``), so ``to_dict()`` gives the same keys a user sees in MongoDB and in an
+export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from . import _codec, _core
+from ._exceptions import DataStoreError
+
+__all__ = ["Item", "ItemInfo", "item_from_document", "item_info_from_document"]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One item as ``get_item`` returns it.
+
+    ``createdAt`` is when the item was created (or created again after it expired),
+    ``updatedAt`` its last write, both timezone-aware UTC with millisecond precision.
+    ``version`` is 1 on creation and goes up by one with every write. ``expiresAt`` is when
+    the item expires, ``None`` for an item that does not.
+    """
+
+    key: str
+    value: Any
+    metadata: dict[str, Any]
+    createdAt: datetime
+    updatedAt: datetime
+    version: int
+    expiresAt: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The item as a plain dict with the same field names."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemInfo:
+    """One item as ``list_items`` returns it: its details without the value, and ``size``,
+    the bytes its document takes in MongoDB (value, metadata and fields included)."""
+
+    key: str
+    metadata: dict[str, Any]
+    createdAt: datetime
+    updatedAt: datetime
+    version: int
+    expiresAt: datetime | None
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The details as a plain dict with the same field names."""
+        return asdict(self)
+
+
+ITEM_PROJECTION: dict[str, Any] = {
+    "_id": 0,
+    "key": 1,
+    "value": 1,
+    "metadata": 1,
+    "createdAt": 1,
+    "updatedAt": 1,
+    "version": 1,
+    "expiresAt": 1,
+}
+ITEM_INFO_PROJECTION: dict[str, Any] = {
+    **{name: flag for name, flag in ITEM_PROJECTION.items() if name != "value"},
+    "size": {"$bsonSize": "$$ROOT"},
+}
+
+
+def _details(document: Mapping[str, Any]) -> dict[str, Any]:
+    key = document.get("key")
+    try:
+        created, updated = document["createdAt"], document["updatedAt"]
+        if not isinstance(created, datetime) or not isinstance(updated, datetime):
+            raise ValueError("createdAt or updatedAt is not a date")
+        expires = document.get("expiresAt")
+        expires = expires.astimezone(timezone.utc) if isinstance(expires, datetime) else None
+        metadata = document.get("metadata") or {}
+        if not isinstance(metadata, Mapping):
+            raise ValueError("metadata is not a document")
+        return {
+            "key": key,
+            "metadata": {name: _codec.decode(value) for name, value in metadata.items()},
+            "createdAt": created.astimezone(timezone.utc),
+            "updatedAt": updated.astimezone(timezone.utc),
+            "version": _core.version_of(document),
+            "expiresAt": expires,
+        }
+    except (KeyError, ValueError) as exc:
+        # imported from another source or edited by hand: `agent-datastore doctor` finds these
+        raise DataStoreError(f"item {key!r} has a malformed document ({exc})") from None
+
+
+def item_from_document(document: Mapping[str, Any]) -> Item:
+    return Item(value=_codec.decode(document.get("value")), **_details(document))
+
+
+def item_info_from_document(document: Mapping[str, Any]) -> ItemInfo:
+    return ItemInfo(size=int(document["size"]), **_details(document))
