@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 import agent_datastore
 from agent_datastore import AgentDataStoreProxy, DataStore
 
-from .helpers import MONGODB_URI, REAL_SERVER_SKIP
+from .helpers import MONGODB_URI, REAL_SERVER_SKIP, MovableClock
 
 # CI runs hypothesis derandomized, so a run is reproducible; locally it explores.
 settings.register_profile(
@@ -22,12 +22,18 @@ settings.register_profile("dev", deadline=None, suppress_health_check=[HealthChe
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
-def _real_store() -> Iterator[DataStore]:
+@pytest.fixture
+def clock() -> MovableClock:
+    """The clock of the ``store`` fixture: real time, until a test moves it forward."""
+    return MovableClock()
+
+
+def _real_store(clock: MovableClock) -> Iterator[DataStore]:
     if not MONGODB_URI:
         pytest.skip(REAL_SERVER_SKIP)
     name = f"contract_{uuid.uuid4().hex}"
     with agent_datastore.connect(
-        MONGODB_URI, database="agent_datastore_tests", collection=name
+        MONGODB_URI, database="agent_datastore_tests", collection=name, clock=clock
     ) as store:
         try:
             yield store
@@ -36,13 +42,13 @@ def _real_store() -> Iterator[DataStore]:
 
 
 @pytest.fixture(params=["embedded", "mongodb"])
-def store(request: pytest.FixtureRequest) -> Iterator[DataStore]:
+def store(request: pytest.FixtureRequest, clock: MovableClock) -> Iterator[DataStore]:
     """A new, empty store: the embedded one, and a real server when MONGODB_URI is set."""
     if request.param == "embedded":
-        with agent_datastore.connect("mongomock://") as embedded:
+        with agent_datastore.connect("mongomock://", clock=clock) as embedded:
             yield embedded
     else:
-        yield from _real_store()
+        yield from _real_store(clock)
 
 
 @pytest.fixture

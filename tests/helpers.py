@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bson
@@ -25,6 +26,33 @@ def snapshot(store: DataStore) -> list[bytes]:
 
 def documents(store: DataStore, **query: Any) -> list[dict[str, Any]]:
     return list(store.collection.find(query, {"_id": 0}).sort("key", 1))
+
+
+class MovableClock:
+    """A store clock that tests move forward: real time (or a fixed start) plus an offset.
+
+    Following real time keeps timestamps increasing as they do in production; a ``frozen``
+    clock makes every call see the same moment until ``advance``. A frozen clock starts a day
+    ahead, so the embedded fake, which deletes TTL-expired documents by the real clock, never
+    deletes one of its items by itself: expiry is then decided by the store alone.
+    """
+
+    def __init__(self, *, frozen: bool = False) -> None:
+        self._start: datetime | None = None
+        self.offset = timedelta(0)
+        if frozen:
+            self.freeze()
+
+    def freeze(self) -> None:
+        """Jump a day ahead and stand still there."""
+        self._start = datetime.now(timezone.utc) + timedelta(days=1)
+
+    def __call__(self) -> datetime:
+        base = self._start if self._start is not None else datetime.now(timezone.utc)
+        return base + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
 
 
 def closed_port() -> int:

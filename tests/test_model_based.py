@@ -1,11 +1,14 @@
 """Model-based test: random sequences of every operation, over several users, agents and
-namespaces, with awkward JSON values and bad inputs, run against the store and against a plain
-in-memory model. After every step both must agree on every observable result."""
+namespaces, with awkward JSON values and bad inputs, expiry, compare-and-set and counters,
+run against the store and against a plain in-memory model with a clock that only the test
+moves. After every step both must agree on every observable result."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,9 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import agent_datastore
-from agent_datastore import _codec
+from agent_datastore import VersionConflict, _codec
 
-from .helpers import snapshot
+from .helpers import MovableClock, snapshot
 from .test_values_round_trip import json_values
 
 NAMESPACES = ["default", "ns", "ns:sub", "$ns"]
@@ -54,13 +57,23 @@ def spelled(value: Any) -> str:
     return json.dumps(value)
 
 
-Item = tuple[Any, dict[str, Any]]  # value with JSON semantics, merged metadata
+ttls = st.sampled_from([None, None, 1, 5, 30])
+amounts = st.sampled_from([1, 1, -1, 7, 0, 2**62])
+
+
+@dataclass(frozen=True)
+class Item:
+    value: Any  # with JSON semantics
+    metadata: dict[str, Any]  # merged
+    version: int
+    expires: datetime | None
 
 
 class StoreVersusModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.store = agent_datastore.connect("mongomock://")
+        self.clock = MovableClock(frozen=True)
+        self.store = agent_datastore.connect("mongomock://", clock=self.clock)
         self.model: dict[tuple[str, str, str], dict[str, Item]] = {s: {} for s in SCOPES}
 
     def teardown(self) -> None:
@@ -69,46 +82,139 @@ class StoreVersusModel(RuleBasedStateMachine):
     def proxy(self, scope: tuple[str, str, str]) -> agent_datastore.AgentDataStoreProxy:
         return self.store.proxy(*scope)
 
-    def _write(self, scope: tuple[str, str, str], key: str, value: Any, meta: Any) -> None:
+    def _now(self) -> datetime:
+        return self.store.now()
+
+    def _write(
+        self, scope: tuple[str, str, str], key: str, value: Any, meta: Any, ttl: int | None
+    ) -> None:
         items = self.model[scope]
-        _, old_meta = items.get(key, (None, {}))
-        items[key] = (
+        old = items.get(key)
+        expires = None if ttl is None else self._now() + timedelta(seconds=ttl)
+        items[key] = Item(
             as_json(value),
-            {**old_meta, **{k: as_json(v) for k, v in (meta or {}).items()}},
+            {**(old.metadata if old else {}), **{k: as_json(v) for k, v in (meta or {}).items()}},
+            old.version + 1 if old else 1,
+            expires,
         )
 
-    @rule(scope=scopes, key=keys, value=json_values, meta=metadatas)
-    def set(self, scope: Any, key: str, value: Any, meta: Any) -> None:
-        assert self.proxy(scope).set(key, value, metadata=meta) is None
-        self._write(scope, key, value, meta)
+    def _version(self, scope: tuple[str, str, str], key: str) -> int:
+        item = self.model[scope].get(key)
+        return 0 if item is None else item.version
 
-    @rule(scope=scopes, items=st.dictionaries(keys, json_values, max_size=4), meta=metadatas)
-    def set_many(self, scope: Any, items: dict[str, Any], meta: Any) -> None:
-        assert self.proxy(scope).set_many(items, metadata=meta) == len(items)
+    @rule(
+        scope=scopes,
+        key=keys,
+        value=json_values,
+        meta=metadatas,
+        ttl=ttls,
+        guess=st.sampled_from([None, None, "current", 0, 1, 2]),
+    )
+    def set(self, scope: Any, key: str, value: Any, meta: Any, ttl: Any, guess: Any) -> None:
+        current = self._version(scope, key)
+        if_version = current if guess == "current" else guess
+        if if_version is not None and if_version != current:
+            before = snapshot(self.store)
+            with pytest.raises(VersionConflict) as caught:
+                self.proxy(scope).set(key, value, metadata=meta, ttl=ttl, if_version=if_version)
+            assert caught.value.current_version == current
+            assert snapshot(self.store) == before
+            return
+        result = self.proxy(scope).set(key, value, metadata=meta, ttl=ttl, if_version=if_version)
+        assert result is None
+        self._write(scope, key, value, meta, ttl)
+
+    @rule(
+        scope=scopes,
+        items=st.dictionaries(keys, json_values, max_size=4),
+        meta=metadatas,
+        ttl=ttls,
+    )
+    def set_many(self, scope: Any, items: dict[str, Any], meta: Any, ttl: Any) -> None:
+        assert self.proxy(scope).set_many(items, metadata=meta, ttl=ttl) == len(items)
         for key, value in items.items():
-            self._write(scope, key, value, meta)
+            self._write(scope, key, value, meta, ttl)
+
+    @rule(scope=scopes, key=keys, amount=amounts)
+    def increment(self, scope: Any, key: str, amount: int) -> None:
+        items = self.model[scope]
+        old = items.get(key)
+        proxy = self.proxy(scope)
+        if old is None:
+            assert proxy.increment(key, amount) == amount
+            items[key] = Item(amount, {}, 1, None)
+            return
+        if isinstance(old.value, bool) or not isinstance(old.value, int):
+            with pytest.raises(TypeError):
+                proxy.increment(key, amount)
+            return
+        new = old.value + amount
+        if not -(2**63) <= new < 2**63 or not -(2**63) <= old.value < 2**63:
+            with pytest.raises(ValueError, match="64-bit"):
+                proxy.increment(key, amount)
+            return
+        assert proxy.increment(key, amount) == new
+        items[key] = replace(old, value=new, version=old.version + 1)
+
+    @rule(seconds=st.sampled_from([1, 2, 10, 31]))
+    def time_passes(self, seconds: int) -> None:
+        self.clock.advance(seconds)
+        now = self._now()
+        for items in self.model.values():
+            for key in [k for k, item in items.items() if item.expires and item.expires <= now]:
+                del items[key]  # an expired item is gone
 
     @rule(scope=scopes, key=keys, default=st.sampled_from([None, "fallback", 0]))
     def get(self, scope: Any, key: str, default: Any) -> None:
         got = self.proxy(scope).get(key, default=default)
-        expected = self.model[scope][key][0] if key in self.model[scope] else default
+        expected = self.model[scope][key].value if key in self.model[scope] else default
         assert spelled(got) == spelled(expected)
+
+    @rule(scope=scopes, key=keys)
+    def get_item(self, scope: Any, key: str) -> None:
+        item = self.proxy(scope).get_item(key)
+        expected = self.model[scope].get(key)
+        if expected is None:
+            assert item is None
+            return
+        assert item is not None
+        assert spelled(item.value) == spelled(expected.value)
+        assert spelled(item.metadata) == spelled(expected.metadata)
+        assert (item.version, item.expiresAt) == (expected.version, expected.expires)
 
     @rule(scope=scopes, wanted=st.lists(keys, max_size=5))
     def get_many(self, scope: Any, wanted: list[str]) -> None:
         got = self.proxy(scope).get_many(wanted)
         items = self.model[scope]
-        expected = {k: items[k][0] for k in dict.fromkeys(wanted) if k in items}
+        expected = {k: items[k].value for k in dict.fromkeys(wanted) if k in items}
         assert spelled(list(got.items())) == spelled(list(expected.items()))
 
-    @rule(scope=scopes, key=keys)
-    def delete(self, scope: Any, key: str) -> None:
-        assert self.proxy(scope).delete(key) is (self.model[scope].pop(key, None) is not None)
+    @rule(scope=scopes, key=keys, guess=st.sampled_from([None, None, "current", 0, 1, 2]))
+    def delete(self, scope: Any, key: str, guess: Any) -> None:
+        current = self._version(scope, key)
+        if_version = current if guess == "current" else guess
+        if if_version is not None and if_version != current:
+            with pytest.raises(VersionConflict) as caught:
+                self.proxy(scope).delete(key, if_version=if_version)
+            assert caught.value.current_version == current
+            return
+        deleted = self.proxy(scope).delete(key, if_version=if_version)
+        assert deleted is (self.model[scope].pop(key, None) is not None)
 
-    @rule(scope=scopes, prefix=prefixes)
-    def list_keys(self, scope: Any, prefix: str | None) -> None:
+    @rule(scope=scopes, prefix=prefixes, limit=st.sampled_from([None, 1, 2, 3]))
+    def list_keys(self, scope: Any, prefix: str | None, limit: int | None) -> None:
         expected = sorted(k for k in self.model[scope] if k.startswith(prefix or ""))
-        assert self.proxy(scope).list_keys(prefix=prefix) == expected
+        proxy = self.proxy(scope)
+        assert list(proxy.iter_keys(prefix=prefix)) == expected
+        if limit is None:
+            assert proxy.list_keys(prefix=prefix) == expected
+            return
+        pages: list[str] = []
+        start_after = None
+        while page := proxy.list_keys(prefix=prefix, limit=limit, start_after=start_after):
+            pages += page
+            start_after = page[-1]
+        assert pages == expected
 
     @rule(scope=scopes)
     def list_namespaces(self, scope: Any) -> None:
@@ -164,23 +270,31 @@ class StoreVersusModel(RuleBasedStateMachine):
             proxy = self.proxy(scope)
             assert proxy.list_keys() == sorted(items)
             got = proxy.get_many(list(items))
-            assert spelled(got) == spelled({k: value for k, (value, _) in items.items()})
+            assert spelled(got) == spelled({k: item.value for k, item in items.items()})
 
     @invariant()
-    def metadata_is_merged_as_the_model_says(self) -> None:
-        stored = {
-            (d["userId"], d["agentName"], d["namespace"], d["key"]): d["metadata"]
-            for d in self.store.collection.find({})
-        }
+    def stored_documents_are_the_model_and_expired_leftovers(self) -> None:
+        now = self._now()
         expected = {
-            (*scope, key): meta
+            (*scope, key): item
             for scope, items in self.model.items()
-            for key, (_, meta) in items.items()
+            for key, item in items.items()
         }
-        assert stored.keys() == expected.keys()
-        for where, meta in expected.items():
-            decoded = {name: _codec.decode(value) for name, value in stored[where].items()}
-            assert spelled(decoded) == spelled(meta)
+        for document in self.store.collection.find({}):
+            where = (
+                document["userId"],
+                document["agentName"],
+                document["namespace"],
+                document["key"],
+            )
+            item = expected.pop(where, None)
+            if item is None:  # not deleted yet, as before a server's TTL monitor runs
+                assert document["expiresAt"].replace(tzinfo=now.tzinfo) <= now
+                continue
+            decoded = {name: _codec.decode(value) for name, value in document["metadata"].items()}
+            assert spelled(decoded) == spelled(item.metadata)
+            assert document["version"] == item.version
+        assert expected == {}
 
 
 StoreVersusModel.TestCase.settings = settings(

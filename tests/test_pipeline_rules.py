@@ -1,0 +1,186 @@
+"""The write rules are written twice: as update pipelines the server runs, and in Python,
+where the proxy replays the server's decision from the document it returns. These tests hold
+the two to one another over generated documents, with the pipelines run by the embedded
+store's evaluator, and check that evaluator against MongoDB's documented semantics."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from bson.int64 import Int64
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent_datastore import _core
+from agent_datastore._pipeline import MISSING, bson_type, evaluate, run_pipeline
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+SCOPE = _core.Scope("u", "a", "ns")
+FILTER = SCOPE.item_filter("k")
+
+moments = st.sampled_from(
+    [NOW - timedelta(days=1), NOW - timedelta(milliseconds=1), NOW, NOW + timedelta(seconds=1)]
+)
+stored_values = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([2**63 - 1, -(2**63), 0, 1.5, 3.0, True, None, "7", [1], {"n": 1}]),
+    st.just({"__ads__": "int", "digits": str(2**70)}),
+)
+
+
+@st.composite
+def stored_documents(draw: st.DrawFn) -> dict[str, Any] | None:
+    """A document as a write may find it: absent, live, expired, or old and partial."""
+    if draw(st.booleans()) and draw(st.booleans()):
+        return None
+    document: dict[str, Any] = {**FILTER, "value": draw(stored_values), "updatedAt": NOW}
+    document["metadata"] = draw(st.sampled_from([{}, {"a": 1}, {"a": 1, "b": [2]}]))
+    if draw(st.integers(0, 9)):  # rarely, a document without createdAt counts as absent
+        document["createdAt"] = NOW - timedelta(days=2)
+    version = draw(st.sampled_from([None, 1, 2, 3, 7]))
+    if version is not None:  # items written before versions existed have none
+        document["version"] = version
+    expiry = draw(st.sampled_from(["none", "null", "date", "text"]))
+    if expiry == "null":
+        document["expiresAt"] = None
+    elif expiry == "date":
+        document["expiresAt"] = draw(moments)
+    elif expiry == "text":  # not a date: MongoDB's TTL monitor ignores it, and so does the store
+        document["expiresAt"] = "2000-01-01"
+    return document
+
+
+def run_write(before: dict[str, Any] | None, write: _core.Write) -> dict[str, Any] | None:
+    """The document after ``write``, as MongoDB makes it: an upsert that finds nothing starts
+    from the filter's equalities."""
+    if before is None:
+        return run_pipeline(write.filter, write.pipeline) if write.upsert else None
+    return run_pipeline(before, write.pipeline)
+
+
+@given(
+    before=stored_documents(),
+    if_version=st.sampled_from([None, 0, 1, 2, 3]),
+    ttl=st.sampled_from([None, timedelta(seconds=30)]),
+    metadata=st.sampled_from([{}, {"b": "$x"}, {"c": {"$literal": 1}}]),
+)
+def test_set_pipeline_does_what_the_python_rules_say(
+    before: dict[str, Any] | None,
+    if_version: int | None,
+    ttl: timedelta | None,
+    metadata: dict[str, Any],
+) -> None:
+    checked = _core.check_metadata(metadata)
+    write = SCOPE.set_write("k", "new", checked, NOW, ttl=ttl, if_version=if_version)
+    after = run_write(before, write)
+    conflict = None if if_version is None else _core.set_conflict(before, NOW, if_version)
+    if conflict is not None:
+        assert after == before  # nothing changed
+        return
+    assert after is not None
+    live = _core.is_live(before, NOW)
+    assert before is not None or not live
+    old_metadata = before["metadata"] if live and before else {}
+    new_metadata = {path.removeprefix("metadata."): value for path, value in checked[0].items()}
+    assert after == {
+        **FILTER,
+        "value": "new",
+        "metadata": {**old_metadata, **new_metadata},
+        "createdAt": before["createdAt"] if live and before else NOW,
+        "updatedAt": NOW,
+        "version": _core.version_of(before) + 1 if live and before else 1,
+        **({} if ttl is None else {"expiresAt": NOW + ttl}),
+        **({"_id": before["_id"]} if before and "_id" in before else {}),
+    }
+
+
+@given(before=stored_documents(), amount=st.sampled_from([1, -1, 5, 0, 2**62]))
+def test_increment_pipeline_does_what_the_python_rules_say(
+    before: dict[str, Any] | None, amount: int
+) -> None:
+    write = SCOPE.increment_write("k", amount, NOW)
+    after = run_write(before, write)
+    assert after is not None
+    try:
+        expected = _core.increment_result("k", before, NOW, amount)
+    except (TypeError, ValueError):
+        assert after == before
+        return
+    assert after["value"] == expected
+    assert bson_type(after["value"]) in ("int", "long")
+    live = _core.is_live(before, NOW)
+    assert after["version"] == (_core.version_of(before) + 1 if live and before else 1)
+    if live and before is not None:
+        assert after["metadata"] == before["metadata"]
+        assert after.get("expiresAt", MISSING) == before.get("expiresAt", MISSING)
+    else:
+        assert after["metadata"] == {}
+        assert "expiresAt" not in after
+    assert not any(name.startswith("__ads_") for name in after)
+
+
+@given(before=stored_documents())
+def test_the_query_and_the_python_rule_agree_on_liveness(before: dict[str, Any] | None) -> None:
+    if before is None:
+        return
+    (condition,) = _core.live_query(NOW).values()
+    expires = before.get("expiresAt")
+    # {"$not": {"$lte": now}}: $lte on a date matches only dates, by type bracketing
+    matches_query = not (isinstance(expires, datetime) and expires <= condition["$not"]["$lte"])
+    assert matches_query == _core.is_live(before, NOW) or "createdAt" not in before
+
+
+# ------------------------------------------------- the evaluator, against MongoDB's manual
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ({"$type": "$nothing"}, "missing"),
+        ({"$type": "$null"}, "null"),
+        ({"$type": "$small"}, "int"),
+        ({"$type": "$big"}, "long"),
+        ({"$type": {"$literal": Int64(1)}}, "long"),
+        ({"$type": "$when"}, "date"),
+        ({"$ifNull": ["$nothing", "$null", 5]}, 5),
+        ({"$lt": ["$nothing", "$null"]}, True),  # missing sorts before null
+        ({"$lt": ["$big", "text"]}, True),  # numbers sort before strings
+        ({"$lt": ["text", "$when"]}, True),  # strings before dates
+        ({"$eq": [1, 1.0]}, True),
+        ({"$add": ["$big", "$big"]}, float(2 * (2**62))),  # an overflowing long becomes a double
+        ({"$add": ["$small", "$nothing"]}, None),
+        ({"$cond": [0, "yes", "no"]}, "no"),  # zero is false
+        ({"$cond": ["", "yes", "no"]}, "yes"),  # an empty string is true
+        ({"$cond": ["$nothing", "yes", "no"]}, "no"),
+        ({"$literal": "$small"}, "$small"),
+        ({"$in": [{"$type": "$small"}, ["int", "long"]]}, True),
+        ({"a": "$nothing", "b": 1}, {"b": 1}),  # a missing value leaves the field out
+    ],
+)
+def test_the_evaluator_follows_mongodb(expression: Any, expected: Any) -> None:
+    document = {"null": None, "small": 3, "big": 2**62, "when": NOW}
+    result = evaluate(expression, document)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+def test_a_stage_sees_its_input_and_remove_drops_a_field() -> None:
+    after = run_pipeline(
+        {"a": 1, "b": 2, "m": {"x": 1}},
+        [
+            {"$set": {"a": 10, "c": "$a", "b": "$$REMOVE", "m.y": {"$literal": [1]}}},
+            {"$unset": ["c"]},
+        ],
+    )
+    assert after == {"a": 10, "m": {"x": 1, "y": [1]}}
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [{"$concat": ["a", "b"]}, "$$NOW", {"$lt": [{"a": 1}, {"a": 2}]}],
+)
+def test_the_evaluator_refuses_what_it_does_not_know(expression: Any) -> None:
+    with pytest.raises(NotImplementedError):
+        evaluate(expression, {})
