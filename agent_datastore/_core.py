@@ -549,11 +549,13 @@ class Scope:
         pipeline = _write_pipeline(now, {"$literal": stored}, expires_at, paths, guard)
         return Write(self.item_filter(key), pipeline, upsert=not if_version)
 
-    def increment_write(self, key: str, amount: int, now: datetime) -> Write:
-        """The command of ``increment(key, amount)``: a live integer within reach of 64 bits
-        goes up by ``amount``; an absent or expired item starts at ``amount``, with no expiry;
-        anything else is left unchanged (``increment_result`` raises for it). A live counter
-        keeps its expiry."""
+    def increment_write(
+        self, key: str, amount: int, now: datetime, ttl: timedelta | None = None
+    ) -> Write:
+        """The command of ``increment(key, amount, ttl=...)``: a live integer within reach of
+        64 bits goes up by ``amount``; an absent or expired item starts at ``amount``, expiring
+        after ``ttl`` if given; anything else is left unchanged (``increment_result`` raises
+        for it). A live counter keeps its expiry."""
         live = "$" + _LIVE
         low, high = _increment_bounds(amount)
         addable = {
@@ -565,7 +567,7 @@ class Scope:
         }
         guard = {"$or": [{"$not": [live]}, addable]}
         value = {"$cond": [live, {"$add": ["$value", amount]}, amount]}
-        expires_at = {"$cond": [live, "$expiresAt", "$$REMOVE"]}
+        expires_at = {"$cond": [live, "$expiresAt", "$$REMOVE" if ttl is None else now + ttl]}
         return Write(self.item_filter(key), _write_pipeline(now, value, expires_at, {}, guard))
 
 

@@ -328,14 +328,16 @@ class AgentDataStoreProxy:
         except DuplicateKeyError:  # as in _update
             return collection.find_one_and_update(write.filter, write.pipeline, **arguments)
 
-    def increment(self, key: str, amount: int = 1) -> int:
+    def increment(self, key: str, amount: int = 1, *, ttl: float | timedelta | None = None) -> int:
         """Add ``amount`` to the integer stored under ``key`` and return the new value, in one
-        atomic command; an absent (or expired) key starts from 0. ``TypeError`` if the value
-        is not an integer, ``ValueError`` if the sum would leave the 64-bit range."""
+        atomic command; an absent (or expired) key starts from 0, and expires after ``ttl``
+        if one is given (a live counter keeps its expiry). ``TypeError`` if the value is not
+        an integer, ``ValueError`` if the sum would leave the 64-bit range."""
         key = _core.check_key(key)
         amount = _core.check_amount(amount)
+        checked_ttl = _core.check_ttl(ttl)
         now = self._now()
-        write = self._scope.increment_write(key, amount, now)
+        write = self._scope.increment_write(key, amount, now, checked_ttl)
         with translate_driver_errors((key,)):
             before = self._find_and_update(write, _COUNTER_STATE)
         return _core.increment_result(key, before, now, amount)

@@ -59,6 +59,14 @@ _SIMPLE = _core.SIMPLE_COLLATION
 _SCOPE_ORDER = [("userId", 1), ("agentName", 1), ("namespace", 1), ("key", 1)]
 _STRING_FIELDS = ("userId", "agentName", "namespace", "key")
 _DATE_FIELDS = ("createdAt", "updatedAt")
+
+
+def _none_of_types(name: str, *types: str) -> dict[str, Any]:
+    """A field that is present but of none of ``types``. (A list of types in one ``$type``
+    would do, but the embedded fake does not support it.)"""
+    return {"$and": [{name: {"$exists": True}}, *({name: {"$not": {"$type": t}}} for t in types)]}
+
+
 # A document breaks the schema when a field is missing or of the wrong BSON type.
 _BROKEN_SCHEMA: dict[str, Any] = {
     "$or": [
@@ -66,8 +74,17 @@ _BROKEN_SCHEMA: dict[str, Any] = {
         {"value": {"$exists": False}},
         {"metadata": {"$not": {"$type": "object"}}},
         *({name: {"$not": {"$type": "date"}}} for name in _DATE_FIELDS),
+        # optional fields: items written before versions existed have no version, and items
+        # without a ttl have no expiresAt
+        _none_of_types("version", "int", "long"),
+        {"version": {"$lt": 1}},
+        # null is tolerated (no expiry); $ne null also excludes a missing field
+        {"$and": [{"expiresAt": {"$ne": None}}, {"expiresAt": {"$not": {"$type": "date"}}}]},
         # $type matches an array when one element has the type: arrays need their own test
-        *({name: {"$type": "array"}} for name in (*_STRING_FIELDS, "metadata", *_DATE_FIELDS)),
+        *(
+            {name: {"$type": "array"}}
+            for name in (*_STRING_FIELDS, "metadata", *_DATE_FIELDS, "version", "expiresAt")
+        ),
     ]
 }
 _REQUIRED_FIELDS = ("userId", "agentName", "namespace", "key", "value", "metadata", *_DATE_FIELDS)
@@ -154,7 +171,9 @@ def _item_record(document: dict[str, Any]) -> dict[str, Any]:
 def item(
     store: DataStore, user_id: str, agent_name: str, key: str, namespace: str = "default"
 ) -> dict[str, Any] | None:
-    """One item with its metadata, timestamps and stored size in bytes; ``None`` if absent."""
+    """One item with its metadata, timestamps, version, expiry and stored size in bytes;
+    ``None`` if absent. Unlike an agent, an operator also sees an item that has expired but
+    that the server has not deleted yet: ``expired`` says so."""
     scope = _core.Scope.of(user_id, agent_name, namespace)
     item_filter = scope.item_filter(_core.check_key(key))
     with translate_driver_errors():
@@ -162,7 +181,8 @@ def item(
     if document is None:
         return None
     size = len(bson.encode(document))
-    return {**_item_record(document), "size": size}
+    expired = not _core.is_live(document, store.now())
+    return {**_item_record(document), "size": size, "expired": expired}
 
 
 def stats(store: DataStore, top: int = 5) -> dict[str, Any]:
@@ -376,8 +396,8 @@ def import_items(
 
 
 def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
-    """Check the store: round trip, server version, the unique index, and documents that
-    break the schema (with a few of them)."""
+    """Check the store: round trip, server version, the unique and TTL indexes, and documents
+    that break the schema (with a few of them)."""
     collection = _collection(store)
     with translate_driver_errors():
         collection.database.command("ping")  # selects the server and opens a connection
@@ -389,13 +409,15 @@ def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
         documents = collection.count_documents({})
         broken = collection.count_documents(_BROKEN_SCHEMA)
         examples = list(collection.find(_BROKEN_SCHEMA, {"value": 0, "metadata": 0}, limit=sample))
-    matching = [name for name, spec in indexes.items() if _core.is_equivalent_index(spec)]
+    unique = [name for name, spec in indexes.items() if _core.is_equivalent_index(spec)]
+    expiry = [name for name, spec in indexes.items() if _core.is_expiry_index(spec)]
     return {
         "latency_ms": round(latency_ms, 3),
         "server_version": version,
-        "unique_index": matching[0] if matching else None,
+        "unique_index": unique[0] if unique else None,
+        "ttl_index": expiry[0] if expiry else None,
         "documents": documents,
         "invalid_documents": broken,
         "invalid_sample": [{k: str(v) for k, v in doc.items()} for doc in examples],
-        "healthy": bool(matching) and broken == 0,
+        "healthy": bool(unique) and bool(expiry) and broken == 0,
     }

@@ -266,8 +266,10 @@ def get(ctx: click.Context, user: str, agent: str, key: str, namespace: str, as_
     if as_json:
         _print_json(found)
         return
-    for name in ("userId", "agentName", "namespace", "key", "createdAt", "updatedAt"):
+    for name in ("userId", "agentName", "namespace", "key", "createdAt", "updatedAt", "version"):
         click.echo(f"{name + ':':<11} {found[name]}")
+    expired = " (expired: no agent sees it; the server deletes it soon)" if found["expired"] else ""
+    click.echo(f"{'expiresAt:':<11} {found['expiresAt'] or 'never'}{expired}")
     click.echo(f"{'size:':<11} {found['size']} bytes")
     click.echo(f"{'metadata:':<11} {json.dumps(found['metadata'], ensure_ascii=False)}")
     click.echo("value:")
@@ -502,7 +504,9 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     else:
         click.echo(f"round trip:        {report['latency_ms']:.1f} ms")
         click.echo(f"server version:    {report['server_version']}")
-        click.echo(f"unique index:      {report['unique_index'] or 'MISSING (run ensure-indexes)'}")
+        missing = "MISSING (run ensure-indexes)"
+        click.echo(f"unique index:      {report['unique_index'] or missing}")
+        click.echo(f"ttl index:         {report['ttl_index'] or missing}")
         click.echo(f"documents:         {report['documents']}")
         click.echo(f"invalid documents: {report['invalid_documents']}")
         for sample in report["invalid_sample"]:
@@ -516,9 +520,9 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 @_json_flag
 @click.pass_context
 def ensure_indexes(ctx: click.Context, as_json: bool) -> None:
-    """Create the unique index if it is missing."""
+    """Create the unique and TTL indexes if they are missing."""
     _store(ctx).ensure_indexes()
-    _print_json({"index": "ok"}) if as_json else click.echo("unique index present")
+    _print_json({"index": "ok"}) if as_json else click.echo("unique and TTL indexes present")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

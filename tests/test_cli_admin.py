@@ -15,6 +15,8 @@ import agent_datastore
 from agent_datastore import DataStore, admin
 from agent_datastore.cli import cli
 
+from .helpers import MovableClock
+
 
 @pytest.fixture
 def store() -> Iterator[DataStore]:
@@ -367,3 +369,54 @@ def test_ctrl_c_exits_130(store: DataStore, monkeypatch: pytest.MonkeyPatch) -> 
     result = run(store, "users")
     assert result.exit_code == 130
     assert result.stderr == "agent-datastore: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "invalid"),
+    [
+        ({"version": "3"}, 1),
+        ({"version": 0}, 1),
+        ({"version": [1]}, 1),
+        ({"version": 2**40}, 0),
+        ({"expiresAt": "2026-01-01"}, 1),
+        ({"expiresAt": None}, 0),  # read as "does not expire"
+        ({}, 0),  # written before versions and expiry existed
+    ],
+)
+def test_doctor_checks_version_and_expiry_fields(
+    store: DataStore, fields: dict[str, Any], invalid: int
+) -> None:
+    store.ensure_indexes()
+    now = store.now()
+    scope = {"userId": "x", "agentName": "a", "namespace": "n", "key": "k"}
+    store.collection.insert_one(
+        {**scope, "value": 1, "metadata": {}, "createdAt": now, "updatedAt": now, **fields}
+    )
+    report = json.loads(run(store, "doctor", "--json").stdout)
+    assert report["invalid_documents"] == invalid
+    assert report["healthy"] is (invalid == 0)
+
+
+def test_doctor_reports_a_missing_ttl_index(store: DataStore) -> None:
+    store.ensure_indexes()
+    store.collection.drop_index("expiresAt_1")
+    result = run(store, "doctor")
+    assert result.exit_code == 1
+    assert "ttl index:         MISSING (run ensure-indexes)" in result.stdout
+
+
+def test_get_shows_version_and_expiry_and_marks_an_expired_item() -> None:
+    clock = MovableClock()
+    store = agent_datastore.connect("mongomock://", clock=clock)
+    proxy = store.proxy("ada", "indexer")
+    proxy.set("config", {"timeout": 30})
+    proxy.set("config", {"timeout": 31})
+    proxy.set("session", 1, ttl=60)
+    clock.advance(61)  # expired, but not yet deleted
+    text = ok(run(store, "get", "ada", "indexer", "config"))
+    assert "version:    2\nexpiresAt:  never\n" in text
+    expired = ok(run(store, "get", "ada", "indexer", "session"))
+    assert "(expired: no agent sees it; the server deletes it soon)" in expired
+    shown = json.loads(ok(run(store, "get", "ada", "indexer", "session", "--json")))
+    assert shown["expired"] is True
+    assert shown["expiresAt"].endswith("Z")

@@ -124,7 +124,7 @@ OPERATIONS: dict[str, Callable[[AgentDataStoreProxy], Any]] = {
     "set if absent": lambda p: p.set("k", 1, if_version=0),
     "delete if_version": lambda p: p.delete("k", if_version=3),
     "delete if absent": lambda p: p.delete("k", if_version=0),
-    "increment": lambda p: p.increment("k"),
+    "increment": lambda p: p.increment("k", ttl=60),
     "list_keys page": lambda p: p.list_keys(limit=10, start_after="a"),
     "iter_keys": lambda p: list(p.iter_keys()),
     "list_items": lambda p: p.list_items(prefix="a", limit=5),

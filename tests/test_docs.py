@@ -34,3 +34,26 @@ def test_every_command_is_shown_in_the_cli_page() -> None:
     page = (ROOT / "docs" / "cli.md").read_text()
     for name in cli.commands:
         assert f"$ agent-datastore {name}" in page or f"`agent-datastore {name}`" in page, name
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_to_sections_point_at_headings_that_exist() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    anchors = {}
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+        headings = re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+        anchors[page.resolve()] = {_github_anchor(h) for h in headings}
+    checked = 0
+    for page in pages:
+        prose = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+        for target, anchor in re.findall(r"\]\(([^)#:]*)#([^)]+)\)", prose):
+            linked = (page.parent / target).resolve() if target else page.resolve()
+            assert anchor in anchors[linked], f"{page.name} links to missing #{anchor}"
+            checked += 1
+    assert checked > 5

@@ -96,11 +96,15 @@ def test_set_pipeline_does_what_the_python_rules_say(
     }
 
 
-@given(before=stored_documents(), amount=st.sampled_from([1, -1, 5, 0, 2**62]))
+@given(
+    before=stored_documents(),
+    amount=st.sampled_from([1, -1, 5, 0, 2**62]),
+    ttl=st.sampled_from([None, timedelta(seconds=30)]),
+)
 def test_increment_pipeline_does_what_the_python_rules_say(
-    before: dict[str, Any] | None, amount: int
+    before: dict[str, Any] | None, amount: int, ttl: timedelta | None
 ) -> None:
-    write = SCOPE.increment_write("k", amount, NOW)
+    write = SCOPE.increment_write("k", amount, NOW, ttl)
     after = run_write(before, write)
     assert after is not None
     try:
@@ -117,7 +121,7 @@ def test_increment_pipeline_does_what_the_python_rules_say(
         assert after.get("expiresAt", MISSING) == before.get("expiresAt", MISSING)
     else:
         assert after["metadata"] == {}
-        assert "expiresAt" not in after
+        assert after.get("expiresAt") == (None if ttl is None else NOW + ttl)
     assert not any(name.startswith("__ads_") for name in after)
 
 

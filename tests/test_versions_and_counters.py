@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -205,6 +206,24 @@ def test_increment_keeps_metadata_and_expiry_of_a_live_counter(
     item = data_store.get_item("hits")
     assert item is not None
     assert (item.metadata, item.expiresAt, item.version) == ({}, None, 1)
+
+
+def test_increment_ttl_applies_only_when_it_creates_the_counter(
+    data_store: AgentDataStoreProxy, clock: MovableClock
+) -> None:
+    assert data_store.increment("window", ttl=60) == 1
+    first = data_store.get_item("window")
+    clock.advance(30)
+    assert data_store.increment("window", ttl=60) == 2  # the same window: its expiry is kept
+    assert data_store.get_item("window").expiresAt == first.expiresAt  # type: ignore[union-attr]
+    clock.advance(31)
+    assert data_store.increment("window", ttl=60) == 1  # a new window
+    later = data_store.get_item("window")
+    assert later is not None
+    assert first is not None
+    assert later.expiresAt == later.createdAt + timedelta(seconds=60) > first.expiresAt  # type: ignore[operator]
+    with pytest.raises(ValueError, match="ttl"):
+        data_store.increment("window", ttl=0)
 
 
 @pytest.mark.parametrize("value", ["7", 7.0, 1.5, True, None, [1], {"n": 1}])
