@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import _codec
+from ._exceptions import DataStoreError
 
 __all__ = [
     "INDEX_KEYS",
@@ -260,11 +261,15 @@ def check_ttl(ttl: object) -> timedelta | None:
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
         try:
             seconds = float(ttl)
+            if not math.isfinite(seconds):
+                raise ValueError(f"ttl must be a finite number of seconds, not {ttl}")
+            # timedelta rounds to the nearest microsecond; seconds * 10**6 would carry the
+            # float's error into the rounding up below (2.007 s would become 2.008 s)
+            microseconds = timedelta(seconds=seconds) // timedelta(microseconds=1)
         except OverflowError:
             raise ValueError(f"ttl {ttl} seconds is longer than {MAX_TTL.days} days") from None
-        if not math.isfinite(seconds):
-            raise ValueError(f"ttl must be a finite number of seconds, not {ttl}")
-        microseconds = math.ceil(seconds * 1_000_000)
+        if seconds > 0 and microseconds == 0:
+            microseconds = 1  # positive, however small: it still lives a millisecond
     else:
         raise TypeError(f"ttl must be a number of seconds or a timedelta, not {type(ttl).__name__}")
     if microseconds <= 0:
@@ -324,7 +329,10 @@ def version_of(document: Mapping[str, Any]) -> int:
     if version is None:
         return 1
     if isinstance(version, bool) or not isinstance(version, (int, float)):
-        raise ValueError(f"malformed version {version!r}")
+        raise DataStoreError(
+            f"item {document.get('key')!r} has a malformed version {version!r} "
+            "(see `agent-datastore doctor`)"
+        )
     return int(version)
 
 

@@ -162,6 +162,16 @@ class LockedCollection:
             self._collection.replace_one({"_id": before["_id"]}, after)
         return before, after
 
+    def find_one_and_delete(
+        self, filter: Mapping[str, Any], projection: Any = None, **_: Any
+    ) -> Any:
+        with self._lock:
+            document = self._collection.find_one(filter)
+            if document is None:
+                return None
+            self._collection.delete_one({"_id": document["_id"]})
+        return _project(document, projection)
+
     def delete_one(self, filter: Mapping[str, Any], **_: Any) -> Any:
         with self._lock:
             return self._collection.delete_one(filter)

@@ -22,6 +22,7 @@ from typing import Any
 
 from bson.int64 import Int64
 from bson.objectid import ObjectId
+from pymongo.errors import OperationFailure
 
 __all__ = ["MISSING", "bson_type", "evaluate", "run_pipeline"]
 
@@ -119,7 +120,8 @@ def _add(values: list[Any]) -> Any:
     if any(value is MISSING or value is None for value in values):
         return None
     if not all(bson_type(value) in ("int", "long", "double") for value in values):
-        raise NotImplementedError("$add of anything but numbers")
+        # what the server answers (code 16554) for, say, a version stored as a string
+        raise OperationFailure("$add only supports numeric or date types", code=16554)
     total = sum(values)
     if isinstance(total, int) and total not in _INT64:
         return float(total)

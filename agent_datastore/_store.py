@@ -346,7 +346,8 @@ class AgentDataStoreProxy:
         """Delete ``key``; ``True`` if it existed (and had not expired).
 
         ``if_version=N`` deletes only if the item is at version N, else raises
-        ``VersionConflict``; ``if_version=0`` asserts that the item is absent.
+        ``VersionConflict`` (after one more read, for the current version);
+        ``if_version=0`` asserts that the item is absent.
         """
         key = _core.check_key(key)
         expected = _core.check_if_version(if_version)
@@ -360,13 +361,18 @@ class AgentDataStoreProxy:
             if document is not None:
                 raise VersionConflict(key, 0, _core.version_of(document))
             return False
-        if expected is not None:
-            item_filter = {**item_filter, **_core.version_query(expected)}
         with translate_driver_errors():
             collection = self._store._ready_collection()
-            deleted = bool(collection.delete_one(item_filter, collation=_SIMPLE).deleted_count)
-            if deleted or expected is None:
-                return deleted
+            if expected is None:
+                # Live or expired, the document goes: an expired one would otherwise wait for
+                # the TTL monitor. Only a live one counts as deleted.
+                document = collection.find_one_and_delete(
+                    self._scope.item_filter(key), projection=_VERSION_ONLY, collation=_SIMPLE
+                )
+                return _core.is_live(document, now)
+            item_filter = {**item_filter, **_core.version_query(expected)}
+            if collection.delete_one(item_filter, collation=_SIMPLE).deleted_count:
+                return True
             # The conditional delete alone decided; this read only tells the caller why.
             document = collection.find_one(
                 self._scope.live_item_filter(key, now), _VERSION_ONLY, collation=_SIMPLE

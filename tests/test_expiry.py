@@ -59,6 +59,15 @@ def test_items_expire_between_calls(data_store: AgentDataStoreProxy, clock: Mova
     assert data_store.get_many(["a", "b", "c"]) == {"c": 3}
 
 
+def test_delete_removes_an_expired_leftover_without_counting_it(
+    data_store: AgentDataStoreProxy, store: DataStore, clock: MovableClock
+) -> None:
+    data_store.set("k", 1, ttl=1)
+    clock.advance(2)
+    assert data_store.delete("k") is False
+    assert list(store.collection.find({"key": "k"})) == []  # not left for the TTL monitor
+
+
 def test_delete_and_clear_do_not_count_expired_items(
     data_store: AgentDataStoreProxy, clock: MovableClock
 ) -> None:
@@ -128,6 +137,10 @@ def test_a_new_ttl_replaces_the_old_one(
         (timedelta(days=30), timedelta(days=30)),
         (0.0001, timedelta(milliseconds=1)),  # rounded up: a positive ttl is never zero
         (1.0001, timedelta(milliseconds=1001)),
+        (2.007, timedelta(milliseconds=2007)),  # no float error carried into the rounding
+        (0.1 + 0.2, timedelta(milliseconds=300)),  # float noise under a microsecond: ignored
+        (0.3001, timedelta(milliseconds=301)),
+        (1e-12, timedelta(milliseconds=1)),
         (timedelta(days=36_500), timedelta(days=36_500)),
     ],
 )

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from pymongo import MongoClient
 
-from agent_datastore import AgentDataStoreProxy, DataStore
+from agent_datastore import AgentDataStoreProxy, DataStore, VersionConflict
 
 from .helpers import MONGODB_URI, REAL_SERVER_SKIP, documents, snapshot
 
@@ -60,6 +60,10 @@ def test_each_proxy_sees_only_its_own_items(
         for other in SCOPES:
             if other != scope:
                 assert proxy.get(f"own:{other}") is None
+                assert proxy.get_item(f"own:{other}") is None
+        assert list(proxy.iter_keys()) == proxy.list_keys()
+        assert [info.key for info in proxy.list_items()] == proxy.list_keys()
+        assert proxy.list_keys(limit=1, start_after="common:x") == [f"own:{scope}"]
 
 
 def test_namespaces_are_listed_per_user_and_agent(
@@ -79,9 +83,11 @@ def test_writes_and_deletes_stay_in_scope(
     others = {scope: _contents(proxy) for scope, proxy in proxies.items() if scope != victim}
     proxy = proxies[victim]
     proxy.set("shared", "overwritten")
-    proxy.set_many({"common:x": "overwritten", "new": 1}, metadata={"m": 1})
-    assert proxy.delete(f"own:{victim}") is True
-    assert proxy.clear() == 3
+    proxy.set_many({"common:x": "overwritten", "new": 1}, metadata={"m": 1}, ttl=60)
+    proxy.set("shared", "again", if_version=2)
+    assert proxy.increment("counter", 5) == 5
+    assert proxy.delete(f"own:{victim}", if_version=1) is True
+    assert proxy.clear() == 4
     for scope, contents in others.items():
         assert _contents(proxies[scope]) == contents
     assert documents(store, userId=victim[0], agentName=victim[1], namespace=victim[2]) == []
@@ -103,7 +109,16 @@ def test_hostile_names_never_reach_other_data(store: DataStore, user: str, agent
         assert scoped.list_keys() == []
         assert scoped.list_keys(prefix="s") == []
         assert scoped.list_namespaces() == []
+        assert scoped.get_item("secret") is None
+        assert list(scoped.iter_keys()) == []
+        assert scoped.list_items() == []
+        assert scoped.list_keys(start_after="") == []
         assert scoped.delete("secret") is False
+        assert scoped.delete("secret", if_version=0) is False
+        with pytest.raises(VersionConflict):
+            scoped.delete("secret", if_version=1)
+        with pytest.raises(VersionConflict):
+            scoped.set("secret", "stolen", if_version=1)
         assert scoped.clear() == 0
     assert snapshot(store) == before
 

@@ -14,6 +14,7 @@ import agent_datastore
 from agent_datastore import (
     AgentDataStoreProxy,
     DataStore,
+    DataStoreError,
     HTTPException,
     VersionConflict,
 )
@@ -175,6 +176,22 @@ def test_a_read_modify_write_loop_with_if_version_loses_no_update(
     run_in_threads(8, append)
     assert sorted(data_store.get("log")) == list(range(8))
     assert version(data_store, "log") == 9
+
+
+@pytest.mark.parametrize("call", ["set", "set if_version", "increment", "get_item"])
+def test_a_malformed_stored_version_is_a_database_error(
+    data_store: AgentDataStoreProxy, store: DataStore, call: str
+) -> None:
+    data_store.set("k", 1)
+    store.collection.update_one({"key": "k"}, {"$set": {"version": "3"}})  # written by hand
+    action = {
+        "set": lambda: data_store.set("k", 2),
+        "set if_version": lambda: data_store.set("k", 2, if_version=3),
+        "increment": lambda: data_store.increment("k"),
+        "get_item": lambda: data_store.get_item("k"),
+    }[call]
+    with pytest.raises(DataStoreError):
+        action()
 
 
 # -------------------------------------------------------------------------------- counters

@@ -84,7 +84,7 @@ def stage_fields(pipeline: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
 OPERATIONS: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "get": (lambda p: p.get("k"), "find"),
     "set": (lambda p: p.set("k", {"v": 1}, metadata={"m": 1}), "update"),
-    "delete": (lambda p: p.delete("k"), "delete"),
+    "delete": (lambda p: p.delete("k"), "findAndModify"),
     "list_keys": (lambda p: p.list_keys(), "find"),
     "list_keys prefix": (lambda p: p.list_keys(prefix="a."), "find"),
     "list_namespaces": (lambda p: p.list_namespaces(), "distinct"),
@@ -484,13 +484,24 @@ def test_list_namespaces_sends_one_distinct_on_user_and_agent(
     assert without_expiry(command["query"]) == dict(SCOPE[:2])
 
 
-def test_delete_sends_one_delete_of_one_key(wire: WireServer, proxy: AgentDataStoreProxy) -> None:
-    for deleted, expected in [(1, True), (0, False)]:
-        wire.deleted = deleted
-        assert proxy.delete("k") is expected
-        (statement,) = only_command(wire, "delete")["deletes"]
-        assert without_expiry(statement["q"]) == dict(ITEM)  # an expired item is not counted
-        assert statement["limit"] == 1
+@pytest.mark.parametrize(
+    ("before", "deleted"),
+    [
+        (None, False),
+        ({"createdAt": datetime(2026, 1, 1)}, True),
+        # an expired leftover is deleted too, but it was not there for any reader
+        ({"createdAt": datetime(2026, 1, 1), "expiresAt": datetime(2026, 1, 2)}, False),
+    ],
+)
+def test_delete_is_one_find_and_delete_of_one_key(
+    wire: WireServer, proxy: AgentDataStoreProxy, before: dict[str, Any] | None, deleted: bool
+) -> None:
+    wire.found_and_modified.append(before)
+    assert proxy.delete("k") is deleted
+    command = only_command(wire, "findAndModify")
+    assert command["query"] == dict(ITEM)
+    assert command["remove"] is True
+    assert command["fields"] == {"version": 1, "createdAt": 1, "expiresAt": 1, "_id": 0}
 
 
 def test_clear_sends_one_delete_of_the_namespace(

@@ -42,11 +42,14 @@ def _without_session(command: dict[str, Any]) -> dict[str, Any]:
 RETRIED: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "get": (lambda p: p.get("k"), "find"),
     "set": (lambda p: p.set("k", {"v": 1}, metadata={"m": 1}), "update"),
-    "delete": (lambda p: p.delete("k"), "delete"),
+    "delete": (lambda p: p.delete("k"), "findAndModify"),
     "list_keys": (lambda p: p.list_keys(prefix="a"), "find"),
     "list_namespaces": (lambda p: p.list_namespaces(), "distinct"),
     "get_many": (lambda p: p.get_many(["a", "b"]), "find"),
     "set_many": (lambda p: p.set_many({"a": 1, "b": 2}), "update"),
+    "increment": (lambda p: p.increment("k"), "findAndModify"),
+    "set if absent": (lambda p: p.set("k", 1, if_version=0), "findAndModify"),
+    "delete if_version": (lambda p: p.delete("k", if_version=0), "find"),
 }
 CLEAR = (lambda p: p.clear(), "delete")
 EVERY = {**RETRIED, "clear": CLEAR}
@@ -76,7 +79,7 @@ def test_one_fault_is_retried_once_and_succeeds(
     # the retry is the same command; a write keeps its session and transaction number, so a
     # real server applies it at most once even if the first attempt had gone through
     assert _without_session(first) == _without_session(second)
-    if name in ("update", "delete"):
+    if name in ("update", "findAndModify"):
         assert (first["lsid"], first["txnNumber"]) == (second["lsid"], second["txnNumber"])
 
 
@@ -188,7 +191,13 @@ def test_set_many_reports_other_item_failures(wire: WireServer, proxy: AgentData
 
 
 @pytest.mark.parametrize(
-    ("operation", "name"), [("set", "update"), ("set_many", "update"), ("delete", "delete")]
+    ("operation", "name"),
+    [
+        ("set", "update"),
+        ("set_many", "update"),
+        ("delete", "findAndModify"),
+        ("increment", "findAndModify"),
+    ],
 )
 def test_an_unsatisfied_write_concern_raises_unavailable(
     wire: WireServer, proxy: AgentDataStoreProxy, operation: str, name: str
