@@ -36,6 +36,7 @@ __all__ = [
     "DataStoreUnavailable",
     "HTTPException",
     "VersionConflict",
+    "translate",
     "translate_driver_errors",
 ]
 
@@ -156,12 +157,13 @@ def translate_driver_errors(keys: Sequence[str] = ()) -> Iterator[None]:
     try:
         yield
     except (pymongo_errors.PyMongoError, InvalidDocument, InvalidBSON) as exc:
-        raise _translate(exc, keys) from exc
+        raise translate(exc, keys) from exc
 
 
-def _translate(
-    exc: pymongo_errors.PyMongoError | InvalidDocument | InvalidBSON, keys: Sequence[str]
+def translate(
+    exc: pymongo_errors.PyMongoError | InvalidDocument | InvalidBSON, keys: Sequence[str] = ()
 ) -> Exception:
+    """This package's error for a driver error; the caller raises it ``from exc``."""
     if isinstance(exc, pymongo_errors.ConnectionFailure):
         # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout, NotPrimaryError and
         # WaitQueueTimeoutError: the server is away, or failing over.

@@ -1,0 +1,356 @@
+"""Every store operation, written once, without I/O.
+
+An operation is a generator: it checks its arguments, yields the ``Command`` (one driver call)
+it needs, receives the driver's reply (or, thrown into it, the driver's exception), and
+returns the result the caller sees. The synchronous proxy runs operations with pymongo's
+``MongoClient`` and the asynchronous one with ``AsyncMongoClient`` (``run_sync`` here and
+``run_async`` in ``_async``); those runners are the only code that touches a collection, and
+the one place where driver errors are translated into this package's errors. So validation,
+encoding, the command each call sends, its retries and the reading of its reply are the same
+for both, by construction.
+
+The rules the operations apply (limits, filters, the update pipelines) are in ``_core``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from bson.errors import InvalidBSON, InvalidDocument
+from pymongo import ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+
+from . import _core
+from ._exceptions import VersionConflict, translate
+from ._items import (
+    ITEM_INFO_PROJECTION,
+    ITEM_PROJECTION,
+    Item,
+    ItemInfo,
+    item_from_document,
+    item_info_from_document,
+)
+
+__all__ = [
+    "DRIVER_ERRORS",
+    "Command",
+    "Operation",
+    "Settings",
+    "run_sync",
+]
+
+T = TypeVar("T")
+
+DRIVER_ERRORS = (PyMongoError, InvalidDocument, InvalidBSON)
+
+_SIMPLE = _core.SIMPLE_COLLATION
+_VALUE_ONLY = {"value": 1, "_id": 0}
+_KEY_ONLY = {"key": 1, "_id": 0}
+_KEY_AND_VALUE = {"key": 1, "value": 1, "_id": 0}
+_VERSION_ONLY = {"version": 1, "createdAt": 1, "expiresAt": 1, "_id": 0}
+_COUNTER_STATE = {"value": 1, "createdAt": 1, "expiresAt": 1, "_id": 0}
+_BY_KEY = [("key", 1)]
+_DUPLICATE_KEY = 11000
+# The same index exists under another name (85), or with other options (86).
+_INDEX_CONFLICTS = frozenset({85, 86})
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One call of a collection method. ``keys`` names the items it writes, so an error can
+    say which one it was about. A ``find`` is answered with the list of its documents."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()
+
+
+Operation = Generator[Command, Any, T]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What an operation needs of its store: its time and its value size limit."""
+
+    now: datetime
+    max_value_bytes: int
+
+
+def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
+    """Run ``operation`` with the pymongo ``Collection``-like object that ``collection()``
+    returns for each command."""
+    reply: Any = None
+    failure: BaseException | None = None
+    keys: tuple[str, ...] = ()
+    while True:
+        try:
+            command = operation.send(reply) if failure is None else operation.throw(failure)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        except DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
+            raise translate(exc, keys) from exc
+        keys, reply, failure = command.keys, None, None
+        try:
+            reply = getattr(collection(), command.method)(*command.args, **command.kwargs)
+            if command.method == "find":
+                reply = list(reply)
+        except DRIVER_ERRORS as exc:
+            failure = exc
+
+
+# -------------------------------------------------------------------------------- indexes
+
+
+def ensure_indexes() -> Operation[None]:
+    """Create the unique index and the TTL index; accept them already made under other
+    names (an operator's), refuse an index of the same name or keys that differs."""
+    for keys, options, matches in [
+        (
+            _core.INDEX_KEYS,
+            {"name": _core.INDEX_NAME, "unique": True, "collation": _SIMPLE},
+            _core.is_equivalent_index,
+        ),
+        (
+            _core.TTL_INDEX_KEYS,
+            {"name": _core.TTL_INDEX_NAME, "expireAfterSeconds": 0, "sparse": True},
+            _core.is_expiry_index,
+        ),
+    ]:
+        try:
+            yield Command("create_index", (keys,), options)
+        except OperationFailure as exc:
+            if exc.code not in _INDEX_CONFLICTS:
+                raise
+            indexes = yield Command("index_information")
+            if not any(matches(spec) for spec in indexes.values()):
+                raise
+
+
+# ---------------------------------------------------------------------------- operations
+
+
+def get(scope: _core.Scope, settings: Settings, key: object, default: Any) -> Operation[Any]:
+    item_filter = scope.live_item_filter(_core.check_key(key), settings.now)
+    document = yield Command("find_one", (item_filter, _VALUE_ONLY), {"collation": _SIMPLE})
+    return _core.value_of(document, default)
+
+
+def get_item(scope: _core.Scope, settings: Settings, key: object) -> Operation[Item | None]:
+    item_filter = scope.live_item_filter(_core.check_key(key), settings.now)
+    document = yield Command("find_one", (item_filter, ITEM_PROJECTION), {"collation": _SIMPLE})
+    return None if document is None else item_from_document(document)
+
+
+def _upsert_once_more(command: Command) -> Operation[Any]:
+    """Send ``command``; when it loses an insert race to another client (servers before 4.2
+    do not retry that themselves), the item exists now, so the same command updates it."""
+    try:
+        return (yield command)
+    except DuplicateKeyError:
+        return (yield command)
+
+
+def put(
+    scope: _core.Scope,
+    settings: Settings,
+    key: object,
+    value: Any,
+    metadata: object,
+    ttl: object,
+    if_version: object,
+) -> Operation[None]:
+    """``set``: the name would hide the builtin here."""
+    checked_key = _core.check_key(key)
+    checked_metadata = _core.check_metadata(metadata)
+    checked_ttl = _core.check_ttl(ttl)
+    expected = _core.check_if_version(if_version)
+    write = scope.set_write(
+        checked_key,
+        value,
+        checked_metadata,
+        settings.now,
+        ttl=checked_ttl,
+        if_version=expected,
+        max_value_bytes=settings.max_value_bytes,
+    )
+    options = {"upsert": write.upsert, "collation": _SIMPLE}
+    keys = (checked_key,)
+    if expected is None:
+        yield from _upsert_once_more(
+            Command("update_one", (write.filter, write.pipeline), options, keys)
+        )
+        return
+    options.update(projection=_VERSION_ONLY, return_document=ReturnDocument.BEFORE)
+    command = Command("find_one_and_update", (write.filter, write.pipeline), options, keys)
+    before = yield from _upsert_once_more(command)
+    current = _core.set_conflict(before, settings.now, expected)
+    if current is not None:
+        raise VersionConflict(checked_key, expected, current)
+
+
+def increment(
+    scope: _core.Scope, settings: Settings, key: object, amount: object, ttl: object
+) -> Operation[int]:
+    checked_key = _core.check_key(key)
+    checked_amount = _core.check_amount(amount)
+    checked_ttl = _core.check_ttl(ttl)
+    write = scope.increment_write(checked_key, checked_amount, settings.now, checked_ttl)
+    options = {
+        "projection": _COUNTER_STATE,
+        "upsert": True,
+        "return_document": ReturnDocument.BEFORE,
+        "collation": _SIMPLE,
+    }
+    command = Command(
+        "find_one_and_update", (write.filter, write.pipeline), options, (checked_key,)
+    )
+    before = yield from _upsert_once_more(command)
+    return _core.increment_result(checked_key, before, settings.now, checked_amount)
+
+
+def delete(
+    scope: _core.Scope, settings: Settings, key: object, if_version: object
+) -> Operation[bool]:
+    checked_key = _core.check_key(key)
+    expected = _core.check_if_version(if_version)
+    now = settings.now
+    live_filter = scope.live_item_filter(checked_key, now)
+    if expected is None:
+        # Live or expired, the document goes: an expired one would otherwise wait for the
+        # TTL monitor. Only a live one counts as deleted.
+        document = yield Command(
+            "find_one_and_delete",
+            (scope.item_filter(checked_key),),
+            {"projection": _VERSION_ONLY, "collation": _SIMPLE},
+        )
+        return _core.is_live(document, now)
+    find_version = Command("find_one", (live_filter, _VERSION_ONLY), {"collation": _SIMPLE})
+    if expected == 0:
+        document = yield find_version
+        if document is not None:
+            raise VersionConflict(checked_key, 0, _core.version_of(document))
+        return False
+    conditional = {**live_filter, **_core.version_query(expected)}
+    result = yield Command("delete_one", (conditional,), {"collation": _SIMPLE})
+    if result.deleted_count:
+        return True
+    # The conditional delete alone decided; this read only tells the caller why.
+    document = yield find_version
+    raise VersionConflict(
+        checked_key, expected, 0 if document is None else _core.version_of(document)
+    )
+
+
+def keys_filter(
+    scope: _core.Scope, settings: Settings, prefix: object, start_after: object
+) -> dict[str, Any]:
+    checked_prefix = _core.check_prefix(prefix)
+    checked_start = _core.check_start_after(start_after)
+    return scope.keys_filter(checked_prefix, settings.now, checked_start)
+
+
+def key_page(keys_filter: dict[str, Any], limit: int) -> Operation[list[str]]:
+    options = {
+        "sort": _BY_KEY,
+        "limit": limit,
+        "batch_size": _core.LISTING_BATCH_SIZE,
+        "collation": _SIMPLE,
+    }
+    documents = yield Command("find", (keys_filter, _KEY_ONLY), options)
+    return [document["key"] for document in documents]
+
+
+def list_keys(
+    scope: _core.Scope, settings: Settings, prefix: object, limit: object, start_after: object
+) -> Operation[list[str]]:
+    page_filter = keys_filter(scope, settings, prefix, start_after)
+    return (yield from key_page(page_filter, _core.check_limit(limit)))
+
+
+def next_page_start(page: list[str]) -> str | None:
+    """Where ``iter_keys`` goes on after ``page``; ``None`` when it was the last one."""
+    return page[-1] if len(page) == _core.KEY_PAGE_SIZE else None
+
+
+def list_items(
+    scope: _core.Scope, settings: Settings, prefix: object, limit: object, start_after: object
+) -> Operation[list[ItemInfo]]:
+    page_filter = keys_filter(scope, settings, prefix, start_after)
+    options = {
+        "sort": _BY_KEY,
+        "limit": _core.check_limit(limit),
+        "batch_size": _core.LISTING_BATCH_SIZE,
+        "collation": _SIMPLE,
+    }
+    documents = yield Command("find", (page_filter, ITEM_INFO_PROJECTION), options)
+    return [item_info_from_document(document) for document in documents]
+
+
+def list_namespaces(scope: _core.Scope, settings: Settings) -> Operation[list[str]]:
+    names = yield Command(
+        "distinct", ("namespace", scope.agent_filter(settings.now)), {"collation": _SIMPLE}
+    )
+    return sorted(name for name in names if isinstance(name, str))
+
+
+def clear(scope: _core.Scope, settings: Settings) -> Operation[int]:
+    result = yield Command(
+        "delete_many", (scope.live_namespace_filter(settings.now),), {"collation": _SIMPLE}
+    )
+    return int(result.deleted_count)
+
+
+def get_many(scope: _core.Scope, settings: Settings, keys: object) -> Operation[dict[str, Any]]:
+    checked = _core.check_keys(keys)
+    if not checked:
+        return {}
+    options = {"batch_size": _core.LISTING_BATCH_SIZE, "collation": _SIMPLE}
+    query = scope.many_filter(checked, settings.now)
+    documents = yield Command("find", (query, _KEY_AND_VALUE), options)
+    return _core.values_by_key(documents, checked)
+
+
+def set_many(
+    scope: _core.Scope, settings: Settings, items: object, metadata: object, ttl: object
+) -> Operation[int]:
+    checked_items = _core.check_items(items)
+    checked_metadata = _core.check_metadata(metadata)
+    checked_ttl = _core.check_ttl(ttl)
+    keys: list[str] = []
+    requests: list[UpdateOne] = []
+    for raw_key, value in checked_items.items():
+        key = _core.check_key(raw_key)
+        write = scope.set_write(
+            key,
+            value,
+            checked_metadata,
+            settings.now,
+            ttl=checked_ttl,
+            max_value_bytes=settings.max_value_bytes,
+        )
+        keys.append(key)
+        requests.append(UpdateOne(write.filter, write.pipeline, upsert=True, collation=_SIMPLE))
+    if not requests:
+        return 0
+    try:
+        yield Command("bulk_write", (requests,), {"ordered": False}, tuple(keys))
+    except BulkWriteError as exc:
+        resend = _racing_upserts(exc, requests)
+        yield Command("bulk_write", (resend,), {"ordered": False}, tuple(keys))
+    return len(requests)
+
+
+def _racing_upserts(exc: BulkWriteError, requests: list[UpdateOne]) -> list[UpdateOne]:
+    """The upserts of a failed batch that lost an insert race, to send again; re-raises
+    ``exc`` if anything else went wrong."""
+    details = exc.details or {}
+    errors = details.get("writeErrors") or []
+    if not errors or details.get("writeConcernErrors"):
+        raise exc
+    if any(error.get("code") != _DUPLICATE_KEY for error in errors):
+        raise exc
+    return [requests[error["index"]] for error in errors]
