@@ -8,12 +8,15 @@
 {'timeout': 30}
 """
 
+from ._async import AsyncAgentDataStoreProxy, AsyncDataStore, connect_async
 from ._exceptions import DataStoreError, DataStoreUnavailable, HTTPException, VersionConflict
 from ._items import Item, ItemInfo
 from ._store import AgentDataStoreProxy, DataStore, connect
 
 __all__ = [
     "AgentDataStoreProxy",
+    "AsyncAgentDataStoreProxy",
+    "AsyncDataStore",
     "DataStore",
     "DataStoreError",
     "DataStoreUnavailable",
@@ -23,6 +26,7 @@ __all__ = [
     "VersionConflict",
     "__version__",
     "connect",
+    "connect_async",
 ]
 
 __version__ = "0.1.0"

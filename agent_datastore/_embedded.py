@@ -34,7 +34,7 @@ from pymongo import ReturnDocument
 
 from ._pipeline import run_pipeline
 
-__all__ = ["LockedCollection", "is_fake_collection", "new_client"]
+__all__ = ["AsyncLockedCollection", "LockedCollection", "is_fake_collection", "new_client"]
 
 _INSTALL_HINT = "the embedded store needs mongomock-ng: pip install 'agent-datastore[embedded]'"
 
@@ -191,6 +191,69 @@ class LockedCollection:
     def index_information(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._collection.index_information())
+
+
+class _DocumentList:
+    """What ``AsyncLockedCollection.find`` returns: a cursor's ``to_list``, over a list."""
+
+    def __init__(self, documents: list[Any]) -> None:
+        self._documents = documents
+
+    async def to_list(self, length: int | None = None) -> list[Any]:
+        return self._documents if length is None else self._documents[:length]
+
+
+class AsyncLockedCollection:
+    """The embedded store for ``AsyncDataStore``: ``LockedCollection``'s methods as
+    coroutines, with ``AsyncCollection``'s shape.
+
+    The fake answers from memory at once, so each call runs to its end without giving the
+    event loop away: no thread, and the lock is never held across an ``await``.
+    """
+
+    def __init__(self, collection: LockedCollection) -> None:
+        self._collection = collection
+
+    @property
+    def database(self) -> Any:
+        return self._collection.database
+
+    @property
+    def name(self) -> str:
+        return self._collection.name
+
+    def find(self, *args: Any, **kwargs: Any) -> _DocumentList:
+        return _DocumentList(self._collection.find(*args, **kwargs))
+
+    async def find_one(self, *args: Any, **kwargs: Any) -> Any:
+        return self._collection.find_one(*args, **kwargs)
+
+    async def update_one(self, *args: Any, **kwargs: Any) -> None:
+        self._collection.update_one(*args, **kwargs)
+
+    async def find_one_and_update(self, *args: Any, **kwargs: Any) -> Any:
+        return self._collection.find_one_and_update(*args, **kwargs)
+
+    async def find_one_and_delete(self, *args: Any, **kwargs: Any) -> Any:
+        return self._collection.find_one_and_delete(*args, **kwargs)
+
+    async def bulk_write(self, *args: Any, **kwargs: Any) -> None:
+        self._collection.bulk_write(*args, **kwargs)
+
+    async def delete_one(self, *args: Any, **kwargs: Any) -> Any:
+        return self._collection.delete_one(*args, **kwargs)
+
+    async def delete_many(self, *args: Any, **kwargs: Any) -> Any:
+        return self._collection.delete_many(*args, **kwargs)
+
+    async def distinct(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return self._collection.distinct(*args, **kwargs)
+
+    async def create_index(self, *args: Any, **kwargs: Any) -> str:
+        return self._collection.create_index(*args, **kwargs)
+
+    async def index_information(self) -> dict[str, Any]:
+        return self._collection.index_information()
 
 
 _BSON_SIZE_OF_ROOT = repr({"$bsonSize": "$$ROOT"})

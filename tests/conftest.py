@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -13,6 +14,7 @@ import agent_datastore
 from agent_datastore import AgentDataStoreProxy, DataStore
 
 from .helpers import MONGODB_URI, REAL_SERVER_SKIP, MovableClock
+from .twins import SyncOverAsyncStore
 
 # CI runs hypothesis derandomized, so a run is reproducible; locally it explores.
 settings.register_profile(
@@ -28,7 +30,7 @@ def clock() -> MovableClock:
     return MovableClock()
 
 
-def _real_store(clock: MovableClock) -> Iterator[DataStore]:
+def _real_store(clock: MovableClock, asynchronous: bool) -> Iterator[Any]:
     if not MONGODB_URI:
         pytest.skip(REAL_SERVER_SKIP)
     name = f"contract_{uuid.uuid4().hex}"
@@ -36,19 +38,32 @@ def _real_store(clock: MovableClock) -> Iterator[DataStore]:
         MONGODB_URI, database="agent_datastore_tests", collection=name, clock=clock
     ) as store:
         try:
-            yield store
+            if not asynchronous:
+                yield store
+                return
+            twin = agent_datastore.connect_async(
+                MONGODB_URI, database="agent_datastore_tests", collection=name, clock=clock
+            )
+            with SyncOverAsyncStore(twin, store.collection) as facade:
+                yield facade
         finally:
             store.collection.drop()
 
 
-@pytest.fixture(params=["embedded", "mongodb"])
-def store(request: pytest.FixtureRequest, clock: MovableClock) -> Iterator[DataStore]:
-    """A new, empty store: the embedded one, and a real server when MONGODB_URI is set."""
+@pytest.fixture(params=["embedded", "embedded-async", "mongodb", "mongodb-async"])
+def store(request: pytest.FixtureRequest, clock: MovableClock) -> Iterator[Any]:
+    """A new, empty store: the embedded one, and a real server when MONGODB_URI is set; each
+    through the synchronous store and through the asynchronous twin (behind the synchronous
+    interface of ``tests/twins.py``), so that every contract test runs against both."""
     if request.param == "embedded":
         with agent_datastore.connect("mongomock://", clock=clock) as embedded:
             yield embedded
+    elif request.param == "embedded-async":
+        twin = agent_datastore.connect_async("mongomock://", clock=clock)
+        with SyncOverAsyncStore(twin, twin.collection) as facade:
+            yield facade
     else:
-        yield from _real_store(clock)
+        yield from _real_store(clock, request.param == "mongodb-async")
 
 
 @pytest.fixture

@@ -207,13 +207,15 @@ def test_proxy_requires_a_datastore() -> None:
         agent_datastore.AgentDataStoreProxy(object(), "u", "a")  # type: ignore[arg-type]
 
 
-def test_proxy_is_read_only_and_has_a_useful_repr(data_store: AgentDataStoreProxy) -> None:
+@pytest.mark.parametrize("opener", [connect, agent_datastore.connect_async])
+def test_proxy_is_read_only_and_has_a_useful_repr(opener: Callable[..., Any]) -> None:
+    proxy = opener("mongomock://").proxy("user-1", "agent-a")
     with pytest.raises(AttributeError):
-        data_store.namespace = "other"  # type: ignore[misc]
+        proxy.namespace = "other"
     with pytest.raises(AttributeError):
-        data_store.extra = 1  # type: ignore[attr-defined]
-    assert repr(data_store) == (
-        "AgentDataStoreProxy(user_id='user-1', agent_name='agent-a', namespace='default')"
+        proxy.extra = 1
+    assert repr(proxy) == (
+        f"{type(proxy).__name__}(user_id='user-1', agent_name='agent-a', namespace='default')"
     )
 
 

@@ -12,6 +12,8 @@ import agent_datastore
 def test_all_is_exactly_the_public_surface() -> None:
     assert sorted(agent_datastore.__all__) == [
         "AgentDataStoreProxy",
+        "AsyncAgentDataStoreProxy",
+        "AsyncDataStore",
         "DataStore",
         "DataStoreError",
         "DataStoreUnavailable",
@@ -21,6 +23,7 @@ def test_all_is_exactly_the_public_surface() -> None:
         "VersionConflict",
         "__version__",
         "connect",
+        "connect_async",
     ]
     for name in agent_datastore.__all__:
         assert getattr(agent_datastore, name) is not None

@@ -10,9 +10,15 @@ from typing import Any
 
 import pytest
 
-from agent_datastore import AgentDataStoreProxy, DataStore, HTTPException
+from agent_datastore import (
+    AgentDataStoreProxy,
+    AsyncAgentDataStoreProxy,
+    DataStore,
+    HTTPException,
+)
 
 from .helpers import documents
+from .twins import unwrapped
 
 # ---------------------------------------------------------------------------------------- get
 
@@ -319,7 +325,9 @@ def test_use_namespace_returns_a_new_proxy_and_leaves_the_original(
     data_store: AgentDataStoreProxy,
 ) -> None:
     cache = data_store.use_namespace("api-cache")
-    assert isinstance(cache, AgentDataStoreProxy)
+    # an AgentDataStoreProxy (an AsyncAgentDataStoreProxy from the async twin)
+    assert unwrapped(cache).__class__ is unwrapped(data_store).__class__
+    assert isinstance(unwrapped(cache), (AgentDataStoreProxy, AsyncAgentDataStoreProxy))
     assert cache is not data_store
     assert (cache.user_id, cache.agent_name, cache.namespace) == ("user-1", "agent-a", "api-cache")
     assert data_store.namespace == "default"

@@ -34,7 +34,7 @@ _HOUSEKEEPING = {"endSessions", "ping", "buildInfo", "killCursors"}
 class Fault:
     """What the server does to the next matching command instead of answering it."""
 
-    kind: str  # "hangup", "hang", "error", "write_error", "write_concern_error"
+    kind: str  # "hangup", "hang", "hold", "error", "write_error", "write_concern_error"
     code: int = 0
     message: str = ""
     index: int = 0  # for write_error: which statement of a batch fails
@@ -53,6 +53,7 @@ class WireServer:
     found_and_modified: list[dict[str, Any] | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _hanging: list[Request] = field(default_factory=list)
+    _held: list[tuple[Request, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def uri(self) -> str:
@@ -67,6 +68,18 @@ class WireServer:
     def fail_next(self, command: str, *faults: Fault) -> None:
         with self._lock:
             self.faults.setdefault(command, []).extend(faults)
+
+    def held(self) -> int:
+        """How many commands are waiting for ``release_held``."""
+        with self._lock:
+            return len(self._held)
+
+    def release_held(self) -> None:
+        """Answer every held command, as the server would have."""
+        with self._lock:
+            held, self._held = self._held, []
+        for request, doc in held:
+            request.reply(self._answer(next(iter(doc)), doc))
 
     def names(self) -> list[str]:
         return [next(iter(doc)) for doc in self.commands]
@@ -99,6 +112,9 @@ class WireServer:
             request.hangup()
         elif fault.kind == "hang":
             self._hanging.append(request)  # never answered
+        elif fault.kind == "hold":
+            with self._lock:
+                self._held.append((request, doc))  # answered by release_held()
         elif fault.kind == "error":
             reply: dict[str, Any] = {"ok": 0, "code": fault.code, "errmsg": fault.message}
             if self._labels_retryable(doc, fault.code):

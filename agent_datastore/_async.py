@@ -1,0 +1,281 @@
+"""The asynchronous store: ``connect_async``, ``AsyncDataStore`` and
+``AsyncAgentDataStoreProxy``, on pymongo's own ``AsyncMongoClient`` (no threads, no Motor).
+
+Every method runs the same operation from ``_operations`` as its synchronous twin, so it
+checks the same arguments, sends the same commands and returns or raises the same things;
+only the I/O differs. The embedded store works here too, through
+``_embedded.AsyncLockedCollection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import _core, _embedded
+from . import _operations as ops
+from ._exceptions import translate
+from ._items import Item, ItemInfo
+from ._store import CODEC_OPTIONS, DEFAULT_COLLECTION, ProxyBase, StoreBase, open_client
+
+__all__ = ["AsyncAgentDataStoreProxy", "AsyncDataStore", "connect_async", "run_async"]
+
+T = TypeVar("T")
+
+
+async def run_async(operation: ops.Operation[T], collection: Any) -> T:
+    """``_operations.run_sync`` for an ``AsyncCollection``-like object: each command awaited,
+    a ``find`` drained with ``to_list``."""
+    reply: Any = None
+    failure: BaseException | None = None
+    keys: tuple[str, ...] = ()
+    while True:
+        try:
+            command = operation.send(reply) if failure is None else operation.throw(failure)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        except ops.DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
+            raise translate(exc, keys) from exc
+        keys, reply, failure = command.keys, None, None
+        try:
+            target = await collection()
+            method = getattr(target, command.method)
+            if command.method == "find":
+                reply = await method(*command.args, **command.kwargs).to_list(None)
+            else:
+                reply = await method(*command.args, **command.kwargs)
+        except ops.DRIVER_ERRORS as exc:
+            failure = exc
+
+
+class AsyncDataStore(StoreBase):
+    """``DataStore``'s asynchronous twin, over a pymongo ``AsyncCollection`` (or a mongomock-ng
+    collection, for the embedded store) that the caller owns; ``connect_async()`` makes one
+    that owns its client. Use ``async with`` or ``await store.aclose()``.
+    """
+
+    def __init__(
+        self,
+        collection: Any,
+        *,
+        ensure_indexes: bool = True,
+        max_value_bytes: int | None = None,
+        clock: _core.Clock | None = None,
+    ) -> None:
+        super().__init__(
+            collection,
+            ensure_indexes=ensure_indexes,
+            max_value_bytes=max_value_bytes,
+            clock=clock,
+        )
+        target: Any = collection.with_options(codec_options=CODEC_OPTIONS)
+        if _embedded.is_fake_collection(collection):
+            target = _embedded.AsyncLockedCollection(_embedded.LockedCollection(target))
+        self._target = target
+        self._index_lock: asyncio.Lock | None = None
+
+    @property
+    def collection(self) -> Any:
+        """The collection this store reads and writes, as it was given or created."""
+        return self._collection
+
+    def proxy(
+        self, user_id: str, agent_name: str, namespace: str = "default"
+    ) -> AsyncAgentDataStoreProxy:
+        """The data store of one user's agent, in ``namespace``."""
+        return AsyncAgentDataStoreProxy(self, user_id, agent_name, namespace)
+
+    async def ensure_indexes(self) -> None:
+        """Create the unique index and the TTL index if they are missing. Idempotent."""
+        self._check_open()
+        await run_async(ops.ensure_indexes(), self._raw_collection)
+        self._indexes_ready = True
+
+    async def _raw_collection(self) -> Any:
+        return self._target
+
+    async def _ready_collection(self) -> Any:
+        self._check_open()
+        if not self._indexes_ready:
+            if self._index_lock is None:
+                self._index_lock = asyncio.Lock()
+            async with self._index_lock:
+                if not self._indexes_ready:
+                    await self.ensure_indexes()
+        return self._target
+
+    async def _run(self, operation: ops.Operation[T]) -> T:
+        return await run_async(operation, self._ready_collection)
+
+    async def aclose(self) -> None:
+        """Close the client if this store owns it (it came from ``connect_async``).
+        Idempotent."""
+        self._closed = True
+        client, self._owned_client = self._owned_client, None
+        if client is not None:
+            closing = client.close()
+            if asyncio.iscoroutine(closing):  # AsyncMongoClient; the fake closes at once
+                await closing
+
+    async def __aenter__(self) -> AsyncDataStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncAgentDataStoreProxy(ProxyBase):
+    """``AgentDataStoreProxy``'s asynchronous twin: the same methods, arguments, results and
+    errors, awaited (``use_namespace`` is a plain call, and ``iter_keys`` an async iterator).
+    """
+
+    __slots__ = ()
+    _store_class = AsyncDataStore
+    _store: AsyncDataStore
+
+    def __init__(
+        self, store: AsyncDataStore, user_id: str, agent_name: str, namespace: str = "default"
+    ) -> None:
+        super().__init__(store, user_id, agent_name, namespace)
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """See ``AgentDataStoreProxy.get``."""
+        return await self._store._run(ops.get(self._scope, self._store._settings(), key, default))
+
+    async def get_item(self, key: str) -> Item | None:
+        """See ``AgentDataStoreProxy.get_item``."""
+        return await self._store._run(ops.get_item(self._scope, self._store._settings(), key))
+
+    async def set(
+        self,
+        key: str,
+        value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        if_version: int | None = None,
+    ) -> None:
+        """See ``AgentDataStoreProxy.set``."""
+        settings = self._store._settings()
+        await self._store._run(
+            ops.put(self._scope, settings, key, value, metadata, ttl, if_version)
+        )
+
+    async def increment(
+        self, key: str, amount: int = 1, *, ttl: float | timedelta | None = None
+    ) -> int:
+        """See ``AgentDataStoreProxy.increment``."""
+        settings = self._store._settings()
+        return await self._store._run(ops.increment(self._scope, settings, key, amount, ttl))
+
+    async def delete(self, key: str, *, if_version: int | None = None) -> bool:
+        """See ``AgentDataStoreProxy.delete``."""
+        settings = self._store._settings()
+        return await self._store._run(ops.delete(self._scope, settings, key, if_version))
+
+    async def list_keys(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[str]:
+        """See ``AgentDataStoreProxy.list_keys``."""
+        settings = self._store._settings()
+        return await self._store._run(
+            ops.list_keys(self._scope, settings, prefix, limit, start_after)
+        )
+
+    def iter_keys(self, prefix: str | None = None) -> AsyncIterator[str]:
+        """See ``AgentDataStoreProxy.iter_keys``: ``async for key in data_store.iter_keys()``.
+        The prefix is checked at the call."""
+        checked_prefix = _core.check_prefix(prefix)
+        return self._iter_keys(checked_prefix)
+
+    async def _iter_keys(self, prefix: str | None) -> AsyncIterator[str]:
+        start_after: str | None = None
+        while True:
+            settings = self._store._settings()
+            page_filter = ops.keys_filter(self._scope, settings, prefix, start_after)
+            page = await self._store._run(ops.key_page(page_filter, _core.KEY_PAGE_SIZE))
+            for key in page:
+                yield key
+            start_after = ops.next_page_start(page)
+            if start_after is None:
+                return
+
+    async def list_items(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[ItemInfo]:
+        """See ``AgentDataStoreProxy.list_items``."""
+        settings = self._store._settings()
+        return await self._store._run(
+            ops.list_items(self._scope, settings, prefix, limit, start_after)
+        )
+
+    async def list_namespaces(self) -> list[str]:
+        """See ``AgentDataStoreProxy.list_namespaces``."""
+        return await self._store._run(ops.list_namespaces(self._scope, self._store._settings()))
+
+    def use_namespace(self, namespace: str) -> AsyncAgentDataStoreProxy:
+        """A new proxy for the same user and agent in ``namespace``; this one is unchanged."""
+        return AsyncAgentDataStoreProxy(
+            self._store, self._scope.user_id, self._scope.agent_name, namespace
+        )
+
+    async def clear(self) -> int:
+        """See ``AgentDataStoreProxy.clear``."""
+        return await self._store._run(ops.clear(self._scope, self._store._settings()))
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """See ``AgentDataStoreProxy.get_many``."""
+        return await self._store._run(ops.get_many(self._scope, self._store._settings(), keys))
+
+    async def set_many(
+        self,
+        items: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> int:
+        """See ``AgentDataStoreProxy.set_many``."""
+        settings = self._store._settings()
+        return await self._store._run(ops.set_many(self._scope, settings, items, metadata, ttl))
+
+
+def connect_async(
+    uri: str | None = None,
+    *,
+    database: str | None = None,
+    collection: str = DEFAULT_COLLECTION,
+    ensure_indexes: bool = True,
+    max_value_bytes: int | None = None,
+    clock: _core.Clock | None = None,
+    **options: Any,
+) -> AsyncDataStore:
+    """``connect``'s asynchronous twin: the same URIs, defaults and options, with pymongo's
+    ``AsyncMongoClient`` (or the embedded store for ``mongomock://``). A plain call: it
+    neither blocks nor waits for the server, which is reached on first use.
+    """
+    if clock is not None and not callable(clock):  # before a client exists to leak
+        raise TypeError(f"clock must be a function, not {type(clock).__name__}")
+    client, target = open_client(
+        uri, database, collection, max_value_bytes, options, asynchronous=True
+    )
+    store = AsyncDataStore(
+        target, ensure_indexes=ensure_indexes, max_value_bytes=max_value_bytes, clock=clock
+    )
+    store._owned_client = client
+    return store
