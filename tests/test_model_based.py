@@ -21,6 +21,7 @@ from agent_datastore import VersionConflict, _codec
 
 from .helpers import MovableClock, snapshot
 from .test_values_round_trip import json_values
+from .twins import SyncOverAsyncStore
 
 NAMESPACES = ["default", "ns", "ns:sub", "$ns"]
 # Scopes that collide under any sloppy matching: regex syntax, NUL, case, shared prefixes.
@@ -301,3 +302,20 @@ StoreVersusModel.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None
 )
 test_store_agrees_with_the_model = StoreVersusModel.TestCase
+
+
+class AsyncTwinVersusModel(StoreVersusModel):
+    """The same state machine, through the asynchronous twin."""
+
+    def __init__(self) -> None:
+        RuleBasedStateMachine.__init__(self)
+        self.clock = MovableClock(frozen=True)
+        twin = agent_datastore.connect_async("mongomock://", clock=self.clock)
+        self.store = SyncOverAsyncStore(twin, twin.collection)  # type: ignore[assignment]
+        self.model = {s: {} for s in SCOPES}
+
+
+AsyncTwinVersusModel.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=40, deadline=None
+)
+test_async_twin_agrees_with_the_model = AsyncTwinVersusModel.TestCase
