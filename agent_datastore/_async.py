@@ -15,9 +15,10 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+from pymongo.collection import Collection
+
 from . import _core, _embedded
 from . import _operations as ops
-from ._exceptions import translate
 from ._items import Item, ItemInfo
 from ._store import CODEC_OPTIONS, DEFAULT_COLLECTION, ProxyBase, StoreBase, open_client
 
@@ -29,26 +30,21 @@ T = TypeVar("T")
 async def run_async(operation: ops.Operation[T], collection: Any) -> T:
     """``_operations.run_sync`` for an ``AsyncCollection``-like object: each command awaited,
     a ``find`` drained with ``to_list``."""
-    reply: Any = None
-    failure: BaseException | None = None
-    keys: tuple[str, ...] = ()
+    step = ops.Step(operation)
     while True:
+        step.advance()
+        if step.done:
+            return step.result  # type: ignore[no-any-return]
+        command = step.command
+        assert command is not None
         try:
-            command = operation.send(reply) if failure is None else operation.throw(failure)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        except ops.DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
-            raise translate(exc, keys) from exc
-        keys, reply, failure = command.keys, None, None
-        try:
-            target = await collection()
-            method = getattr(target, command.method)
+            method = getattr(await collection(), command.method)
             if command.method == "find":
-                reply = await method(*command.args, **command.kwargs).to_list(None)
+                step.reply = await method(*command.args, **command.kwargs).to_list(None)
             else:
-                reply = await method(*command.args, **command.kwargs)
+                step.reply = await method(*command.args, **command.kwargs)
         except ops.DRIVER_ERRORS as exc:
-            failure = exc
+            step.failure = exc
 
 
 class AsyncDataStore(StoreBase):
@@ -65,6 +61,10 @@ class AsyncDataStore(StoreBase):
         max_value_bytes: int | None = None,
         clock: _core.Clock | None = None,
     ) -> None:
+        if isinstance(collection, Collection):
+            raise TypeError(
+                "AsyncDataStore needs a pymongo AsyncCollection; use DataStore for a Collection"
+            )
         super().__init__(
             collection,
             ensure_indexes=ensure_indexes,
@@ -75,7 +75,7 @@ class AsyncDataStore(StoreBase):
         if _embedded.is_fake_collection(collection):
             target = _embedded.AsyncLockedCollection(_embedded.LockedCollection(target))
         self._target = target
-        self._index_lock: asyncio.Lock | None = None
+        self._index_attempt: asyncio.Future[None] | None = None
 
     @property
     def collection(self) -> Any:
@@ -98,13 +98,18 @@ class AsyncDataStore(StoreBase):
         return self._target
 
     async def _ready_collection(self) -> Any:
+        """The collection to send commands to, its indexes ensured. Tasks that arrive while
+        an attempt is under way await that one and share its outcome; the next call after a
+        failure tries again. One task's cancellation does not cancel the others' attempt."""
         self._check_open()
         if not self._indexes_ready:
-            if self._index_lock is None:
-                self._index_lock = asyncio.Lock()
-            async with self._index_lock:
-                if not self._indexes_ready:
-                    await self.ensure_indexes()
+            attempt = self._index_attempt
+            if attempt is None or attempt.done():
+                attempt = self._index_attempt = asyncio.ensure_future(self.ensure_indexes())
+                # its failure is raised to every waiter; this keeps asyncio from reporting it
+                # as never retrieved when all of them were cancelled
+                attempt.add_done_callback(_retrieve_failure)
+            await asyncio.shield(attempt)
         return self._target
 
     async def _run(self, operation: ops.Operation[T]) -> T:
@@ -114,11 +119,12 @@ class AsyncDataStore(StoreBase):
         """Close the client if this store owns it (it came from ``connect_async``).
         Idempotent."""
         self._closed = True
-        client, self._owned_client = self._owned_client, None
+        client = self._owned_client
         if client is not None:
             closing = client.close()
             if asyncio.iscoroutine(closing):  # AsyncMongoClient; the fake closes at once
-                await closing
+                await closing  # RuntimeError from another event loop than the store's
+            self._owned_client = None
 
     async def __aenter__(self) -> AsyncDataStore:
         return self
@@ -203,8 +209,8 @@ class AsyncAgentDataStoreProxy(ProxyBase):
     async def _iter_keys(self, prefix: str | None) -> AsyncIterator[str]:
         start_after: str | None = None
         while True:
-            settings = self._store._settings()
-            page_filter = ops.keys_filter(self._scope, settings, prefix, start_after)
+            # the page starts after a key as stored (not re-checked as an argument would be)
+            page_filter = self._scope.keys_filter(prefix, self._store.now(), start_after)
             page = await self._store._run(ops.key_page(page_filter, _core.KEY_PAGE_SIZE))
             for key in page:
                 yield key
@@ -253,6 +259,11 @@ class AsyncAgentDataStoreProxy(ProxyBase):
         """See ``AgentDataStoreProxy.set_many``."""
         settings = self._store._settings()
         return await self._store._run(ops.set_many(self._scope, settings, items, metadata, ttl))
+
+
+def _retrieve_failure(attempt: asyncio.Future[None]) -> None:
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 def connect_async(

@@ -39,6 +39,7 @@ __all__ = [
     "Command",
     "Operation",
     "Settings",
+    "Step",
     "run_sync",
 ]
 
@@ -80,26 +81,50 @@ class Settings:
     max_value_bytes: int
 
 
+@dataclass(slots=True)
+class Step:
+    """Where a runner is in an operation: the last command sent, and its reply or failure.
+    ``advance`` is the part of running an operation that both runners share."""
+
+    operation: Operation[Any]
+    command: Command | None = None
+    reply: Any = None
+    failure: BaseException | None = None
+    done: bool = False
+    result: Any = None
+
+    def advance(self) -> None:
+        """Hand the reply (or throw the driver's error) to the operation, and take its next
+        command, or its result when it is done. A driver error the operation lets through
+        is translated here, naming the items of the command that failed."""
+        keys = self.command.keys if self.command is not None else ()
+        try:
+            if self.failure is None:
+                self.command = self.operation.send(self.reply)
+            else:
+                self.command = self.operation.throw(self.failure)
+        except StopIteration as finished:
+            self.done, self.result = True, finished.value
+        except DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
+            raise translate(exc, keys) from exc
+        self.reply, self.failure = None, None
+
+
 def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
     """Run ``operation`` with the pymongo ``Collection``-like object that ``collection()``
     returns for each command."""
-    reply: Any = None
-    failure: BaseException | None = None
-    keys: tuple[str, ...] = ()
+    step = Step(operation)
     while True:
-        try:
-            command = operation.send(reply) if failure is None else operation.throw(failure)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        except DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
-            raise translate(exc, keys) from exc
-        keys, reply, failure = command.keys, None, None
+        step.advance()
+        if step.done:
+            return step.result  # type: ignore[no-any-return]
+        command = step.command
+        assert command is not None
         try:
             reply = getattr(collection(), command.method)(*command.args, **command.kwargs)
-            if command.method == "find":
-                reply = list(reply)
+            step.reply = list(reply) if command.method == "find" else reply
         except DRIVER_ERRORS as exc:
-            failure = exc
+            step.failure = exc
 
 
 # -------------------------------------------------------------------------------- indexes
@@ -340,7 +365,8 @@ def set_many(
         yield Command("bulk_write", (requests,), {"ordered": False}, tuple(keys))
     except BulkWriteError as exc:
         resend = _racing_upserts(exc, requests)
-        yield Command("bulk_write", (resend,), {"ordered": False}, tuple(keys))
+        resent_keys = tuple(keys[requests.index(request)] for request in resend)
+        yield Command("bulk_write", (resend,), {"ordered": False}, resent_keys)
     return len(requests)
 
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from bson.codec_options import CodecOptions
 from pymongo import MongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, InvalidName, InvalidURI
 
@@ -121,6 +122,10 @@ class DataStore(StoreBase):
         max_value_bytes: int | None = None,
         clock: _core.Clock | None = None,
     ) -> None:
+        if isinstance(collection, AsyncCollection):
+            raise TypeError(
+                "DataStore needs a pymongo Collection; use AsyncDataStore for an AsyncCollection"
+            )
         super().__init__(
             collection,
             ensure_indexes=ensure_indexes,
@@ -132,6 +137,8 @@ class DataStore(StoreBase):
             target = _embedded.LockedCollection(target)
         self._target = target
         self._index_lock = threading.Lock()
+        self._index_attempts = 0
+        self._index_failure: BaseException | None = None
 
     @property
     def collection(self) -> Collection[Any]:
@@ -155,12 +162,28 @@ class DataStore(StoreBase):
         self._indexes_ready = True
 
     def _ready_collection(self) -> Any:
-        """The collection to send commands to, its indexes ensured."""
+        """The collection to send commands to, its indexes ensured.
+
+        Threads that arrive while an attempt is under way wait for it and share its outcome:
+        when the server is away, they all fail together after one timeout, not one timeout
+        after another. The next call after a failure tries again.
+        """
         self._check_open()
         if not self._indexes_ready:
+            finished_before = self._index_attempts
             with self._index_lock:
                 if not self._indexes_ready:
-                    self.ensure_indexes()
+                    failure = self._index_failure
+                    if failure is not None and self._index_attempts != finished_before:
+                        raise failure  # the attempt this thread waited for failed
+                    try:
+                        self.ensure_indexes()
+                    except BaseException as exc:
+                        self._index_failure = exc
+                        raise
+                    finally:
+                        self._index_attempts += 1  # attempts finished, failed or not
+                    self._index_failure = None
         return self._target
 
     def _run(self, operation: ops.Operation[T]) -> T:
@@ -193,9 +216,9 @@ class ProxyBase:
 
     def __init__(self, store: Any, user_id: str, agent_name: str, namespace: str = "default"):
         if not isinstance(store, self._store_class):
-            raise TypeError(
-                f"store must be a {self._store_class.__name__}, not {type(store).__name__}"
-            )
+            expected = self._store_class.__name__
+            article = "an" if expected[0] in "AEIOU" else "a"
+            raise TypeError(f"store must be {article} {expected}, not {type(store).__name__}")
         self._store = store
         self._scope = _core.Scope.of(user_id, agent_name, namespace)
 
@@ -311,8 +334,8 @@ class AgentDataStoreProxy(ProxyBase):
     def _iter_keys(self, prefix: str | None) -> Iterator[str]:
         start_after: str | None = None
         while True:
-            settings = self._store._settings()
-            page_filter = ops.keys_filter(self._scope, settings, prefix, start_after)
+            # the page starts after a key as stored (not re-checked as an argument would be)
+            page_filter = self._scope.keys_filter(prefix, self._store.now(), start_after)
             page = self._store._run(ops.key_page(page_filter, _core.KEY_PAGE_SIZE))
             yield from page
             start_after = ops.next_page_start(page)

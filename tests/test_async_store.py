@@ -9,7 +9,8 @@ from typing import Any
 
 import mongomock_ng
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.errors import AutoReconnect
 
 import agent_datastore
 from agent_datastore import (
@@ -112,3 +113,85 @@ def test_bad_input_raises_when_awaited_and_sends_nothing() -> None:
             assert list(store.collection.find({})) == []
 
     asyncio.run(go())
+
+
+def test_each_store_refuses_the_other_drivers_collection() -> None:
+    sync_client: MongoClient[dict[str, Any]] = MongoClient(connect=False)
+    async_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient()
+    with pytest.raises(TypeError, match="use AsyncDataStore"):
+        DataStore(async_client.db.items)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="use DataStore"):
+        AsyncDataStore(sync_client.db.items)
+    sync_client.close()
+    asyncio.run(async_client.close())
+
+
+class FailingIndexes:
+    """An async collection stand-in whose index creation fails, after letting other tasks
+    run, and counts its attempts."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def with_options(self, **_: Any) -> FailingIndexes:
+        return self
+
+    async def create_index(self, *args: Any, **kwargs: Any) -> str:
+        self.attempts += 1
+        await asyncio.sleep(0.01)
+        raise AutoReconnect("connection closed")
+
+
+def test_tasks_waiting_for_the_index_share_one_attempt_and_its_failure() -> None:
+    collection = FailingIndexes()
+
+    async def go() -> list[BaseException | None]:
+        store = AsyncDataStore(collection)
+        proxy = store.proxy("u", "a")
+        return await asyncio.gather(
+            *(proxy.get(f"k{i}") for i in range(10)), return_exceptions=True
+        )
+
+    results = asyncio.run(go())
+    assert all(isinstance(result, DataStoreUnavailable) for result in results)
+    assert collection.attempts == 1  # not one timeout after another
+
+    async def again() -> None:
+        store = AsyncDataStore(collection)
+        with pytest.raises(DataStoreUnavailable):
+            await store.proxy("u", "a").get("k")
+        with pytest.raises(DataStoreUnavailable):
+            await store.proxy("u", "a").get("k")  # the next call tries again
+
+    asyncio.run(again())
+    assert collection.attempts == 3
+
+
+def test_iter_keys_goes_past_a_key_longer_than_any_the_store_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(agent_datastore._core, "KEY_PAGE_SIZE", 1)
+    long_key = "a" * 1025  # written by hand: the store refuses keys over 1,024 bytes
+    with agent_datastore.connect("mongomock://") as store:
+        proxy = store.proxy("u", "a")
+        proxy.set_many({"b": 1, "c": 2})
+        now = store.now()
+        store.collection.insert_one(
+            {
+                "userId": "u",
+                "agentName": "a",
+                "namespace": "default",
+                "key": long_key,
+                "value": 0,
+                "metadata": {},
+                "createdAt": now,
+                "updatedAt": now,
+            }
+        )
+        assert list(proxy.iter_keys()) == [long_key, "b", "c"]
+
+        async def streamed() -> list[str]:
+            twin = AsyncDataStore(store.collection)
+            return [key async for key in twin.proxy("u", "a").iter_keys()]
+
+        assert asyncio.run(streamed()) == [long_key, "b", "c"]

@@ -226,15 +226,17 @@ class CountingIndexes:
     """Counts create_index calls on a store's collection, optionally failing the first ones.
     Ensuring the indexes makes two calls: the unique index, then the TTL index."""
 
-    def __init__(self, store: DataStore, failures: int = 0) -> None:
+    def __init__(self, store: DataStore, failures: int = 0, delay: float = 0.0) -> None:
         self.calls = 0
         self._failures = failures
+        self._delay = delay
         self._create = store._target.create_index
         store._target.create_index = self  # type: ignore[method-assign]
 
     def __call__(self, *args: Any, **kwargs: Any) -> str:
         self.calls += 1
         if self.calls <= self._failures:
+            time.sleep(self._delay)  # the other threads arrive while this attempt runs
             raise AutoReconnect("connection closed")
         time.sleep(0.01)  # widen the window for racing threads
         return str(self._create(*args, **kwargs))
@@ -277,6 +279,35 @@ def test_indexes_are_ensured_once_across_racing_threads() -> None:
             thread.join()
         assert counter.calls == 2
         assert len(proxy.list_keys()) == 12
+
+
+def test_threads_waiting_for_the_index_share_one_attempt_and_its_failure() -> None:
+    with connect("mongomock://") as store:
+        counter = CountingIndexes(store, failures=1, delay=0.2)
+        proxy = store.proxy("u", "a")
+        outcomes: list[BaseException | None] = []
+        barrier = threading.Barrier(8, timeout=30)
+
+        def first_call() -> None:
+            barrier.wait()
+            try:
+                proxy.get("k")
+                outcomes.append(None)
+            except DataStoreUnavailable as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=first_call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # one failed attempt, shared by every thread that waited for it: not one timeout
+        # after another
+        assert counter.calls == 1
+        assert len(outcomes) == 8
+        assert all(isinstance(outcome, DataStoreUnavailable) for outcome in outcomes)
+        proxy.get("k")  # the next call tries again, and succeeds
+        assert counter.calls == 3
 
 
 def test_a_failed_index_build_is_retried_on_the_next_call() -> None:

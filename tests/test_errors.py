@@ -20,12 +20,15 @@ from pymongo import errors as pe
 import agent_datastore
 from agent_datastore import (
     AgentDataStoreProxy,
+    AsyncDataStore,
     DataStore,
     DataStoreError,
     DataStoreUnavailable,
     HTTPException,
 )
 from agent_datastore._exceptions import translate_driver_errors
+
+from .twins import SyncOverAsyncStore
 
 
 def test_hierarchy_and_status_codes() -> None:
@@ -224,11 +227,13 @@ def test_each_driver_error_is_translated_with_its_cause(
 
 
 class FailingCollection:
-    """A collection stand-in whose every call raises the given error."""
+    """A collection stand-in whose first ``failures`` calls raise the given error (or the
+    errors of a list, one per call)."""
 
-    def __init__(self, error: Exception, failures: int = 10**9) -> None:
-        self.error = error
-        self.failures = failures
+    def __init__(self, error: Exception | list[Exception], failures: int = 10**9) -> None:
+        self.errors = error if isinstance(error, list) else None
+        self.error = error if not isinstance(error, list) else error[0]
+        self.failures = len(error) if isinstance(error, list) else failures
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
 
     def with_options(self, **_: Any) -> FailingCollection:
@@ -237,7 +242,7 @@ class FailingCollection:
     def _call(self, name: str, *args: Any) -> Any:
         self.calls.append((name, args))
         if len(self.calls) <= self.failures:
-            raise self.error
+            raise self.errors[len(self.calls) - 1] if self.errors else self.error
         return _Result()
 
     def create_index(self, *args: Any, **kwargs: Any) -> str:
@@ -252,6 +257,51 @@ class _Result:
 
     def __iter__(self) -> Any:
         return iter([])
+
+    async def to_list(self, length: int | None = None) -> list[Any]:
+        return []
+
+
+class AsyncFailingCollection:
+    """``FailingCollection`` with ``AsyncCollection``'s shape, for the async twin."""
+
+    def __init__(self, collection: FailingCollection) -> None:
+        self.sync = collection
+
+    def with_options(self, **_: Any) -> AsyncFailingCollection:
+        return self
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        return self.sync.find(*args, **kwargs)
+
+    async def create_index(self, *args: Any, **kwargs: Any) -> str:
+        return self.sync.create_index(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.sync, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return method(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture(params=["sync", "async"])
+def open_store(request: pytest.FixtureRequest) -> Callable[[FailingCollection], Any]:
+    """A store over a ``FailingCollection``: the sync one, or the async twin behind the sync
+    interface, so each error test below runs through both runners."""
+    opened: list[Any] = []
+
+    def make(collection: FailingCollection) -> Any:
+        if request.param == "sync":
+            return DataStore(collection)  # type: ignore[arg-type]
+        facade = SyncOverAsyncStore(AsyncDataStore(AsyncFailingCollection(collection)), None)
+        opened.append(facade)
+        return facade
+
+    yield make  # type: ignore[misc]
+    for facade in opened:
+        facade.close()
 
 
 EVERY_METHOD: dict[str, Callable[[AgentDataStoreProxy], Any]] = {
@@ -277,33 +327,33 @@ EVERY_METHOD: dict[str, Callable[[AgentDataStoreProxy], Any]] = {
     ids=["NotPrimaryError", "NetworkTimeout", "Unauthorized"],
 )
 def test_every_method_translates_driver_errors(
-    method: str, error: Exception, expected: type[Exception]
+    method: str, error: Exception, expected: type[Exception], open_store: Any
 ) -> None:
-    store = DataStore(FailingCollection(error))  # type: ignore[arg-type]
+    store = open_store(FailingCollection(error))
     with pytest.raises(expected) as caught:
         EVERY_METHOD[method](store.proxy("u", "a"))
     assert caught.value.__cause__ is error
 
 
-def test_set_retries_once_after_losing_an_insert_race() -> None:
+def test_set_retries_once_after_losing_an_insert_race(open_store: Any) -> None:
     collection = FailingCollection(pe.DuplicateKeyError("E11000 duplicate key", 11000), failures=1)
-    store = DataStore(collection)  # type: ignore[arg-type]
+    store = open_store(collection)
     store.proxy("u", "a").set("k", 1)
     assert [name for name, _ in collection.calls] == ["update_one", "update_one"]
     assert collection.calls[0][1] == collection.calls[1][1]
 
 
-def test_set_gives_up_after_losing_twice() -> None:
+def test_set_gives_up_after_losing_twice(open_store: Any) -> None:
     collection = FailingCollection(pe.DuplicateKeyError("E11000 duplicate key", 11000), failures=2)
     with pytest.raises(DataStoreError):
-        DataStore(collection).proxy("u", "a").set("k", 1)  # type: ignore[arg-type]
+        open_store(collection).proxy("u", "a").set("k", 1)
     assert len(collection.calls) == 2
 
 
-def test_set_many_resends_only_the_upserts_that_lost_a_race() -> None:
+def test_set_many_resends_only_the_upserts_that_lost_a_race(open_store: Any) -> None:
     error = _bulk([{"index": 1, "code": 11000, "errmsg": "E11000"}])
     collection = FailingCollection(error, failures=1)
-    store = DataStore(collection)  # type: ignore[arg-type]
+    store = open_store(collection)
     assert store.proxy("u", "a").set_many({"a": 1, "b": 2, "c": 3}) == 3
     (first, _), (second, (retried,)) = collection.calls
     assert (first, second) == ("bulk_write", "bulk_write")
@@ -311,12 +361,20 @@ def test_set_many_resends_only_the_upserts_that_lost_a_race() -> None:
     assert all(isinstance(op, UpdateOne) for op in retried)
 
 
-def test_set_many_does_not_resend_after_other_write_errors() -> None:
+def test_set_many_does_not_resend_after_other_write_errors(open_store: Any) -> None:
     error = _bulk([{"index": 0, "code": 11000}, {"index": 1, "code": 2, "errmsg": "bad"}])
     collection = FailingCollection(error, failures=1)
     with pytest.raises(DataStoreError, match="refused 2 of the batch"):
-        DataStore(collection).proxy("u", "a").set_many({"a": 1, "b": 2})  # type: ignore[arg-type]
+        open_store(collection).proxy("u", "a").set_many({"a": 1, "b": 2})
     assert len(collection.calls) == 1
+
+
+def test_an_error_of_the_resent_batch_names_the_resent_item(open_store: Any) -> None:
+    race = _bulk([{"index": 2, "code": 11000, "errmsg": "E11000"}])
+    too_large = _bulk([{"index": 0, "code": 17419, "errmsg": "too large"}])
+    collection = FailingCollection([race, too_large])
+    with pytest.raises(ValueError, match=r"item 'c' would exceed"):
+        open_store(collection).proxy("u", "a").set_many({"a": 1, "b": 2, "c": 3})
 
 
 def test_package_errors_are_exported() -> None:

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from agent_datastore import AsyncAgentDataStoreProxy, AsyncDataStore
@@ -47,6 +47,8 @@ class SyncOverAsyncProxy:
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._proxy, name)
         if not inspect.iscoroutinefunction(attribute):
+            # only names and plain attributes: every call to the database must be awaited
+            assert name in ("user_id", "agent_name", "namespace"), name
             return attribute
 
         @functools.wraps(attribute)
@@ -118,7 +120,3 @@ class SyncOverAsyncStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def call_async(function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-    return asyncio.run(function(*args))
