@@ -398,39 +398,55 @@ def _write_pipeline(
     metadata_paths: Mapping[str, Any],
     guard: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
-    """The pipeline that writes an item at ``now``.
+    """The pipeline that writes ``value`` as an item at ``now``: see ``_pipeline_for``."""
+    return _pipeline_for(now, expires_at, metadata_paths, guard)(value)
+
+
+def _pipeline_for(
+    now: datetime,
+    expires_at: Any,
+    metadata_paths: Mapping[str, Any],
+    guard: dict[str, Any] | None,
+) -> Callable[[Any], list[dict[str, Any]]]:
+    """A function giving the pipeline that writes a value (an expression) at ``now``.
 
     A live item keeps createdAt and its metadata and goes up one version; otherwise (absent,
     or expired) the item starts again: createdAt now, version 1, empty metadata. Then each
     metadata name is set on its own path, which merges it. With a ``guard``, the item changes
     only where the guard holds: every field is otherwise written back as it was, which MongoDB
     recognises as no change at all.
+
+    Everything but the value is built once, so the items of a ``set_many`` share it: the
+    pipelines are only read afterwards, by pymongo's encoder or the embedded evaluator.
     """
     live = "$" + _LIVE
 
     def when_ok(new: Any, field_name: str) -> Any:
         return new if guard is None else {"$cond": ["$" + _OK, new, "$" + field_name]}
 
-    stages: list[dict[str, Any]] = [{"$set": {_LIVE: _live_expression(now)}}]
+    head: list[dict[str, Any]] = [{"$set": {_LIVE: _live_expression(now)}}]
     if guard is not None:
-        stages.append({"$set": {_OK: guard}})
+        head.append({"$set": {_OK: guard}})
     next_version = {"$add": [{"$ifNull": ["$version", 1]}, 1]}
     fields = {
-        "value": when_ok(value, "value"),
         "metadata": when_ok({"$cond": [live, "$metadata", {"$literal": {}}]}, "metadata"),
         "createdAt": when_ok({"$cond": [live, "$createdAt", now]}, "createdAt"),
         "updatedAt": when_ok(now, "updatedAt"),
         "version": when_ok({"$cond": [live, next_version, 1]}, "version"),
         "expiresAt": when_ok(expires_at, "expiresAt"),
     }
-    stages.append({"$set": fields})
+    tail: list[dict[str, Any]] = []
     if metadata_paths:
         paths = {
             path: when_ok({"$literal": stored}, path) for path, stored in metadata_paths.items()
         }
-        stages.append({"$set": paths})
-    stages.append({"$unset": [_LIVE] if guard is None else [_LIVE, _OK]})
-    return stages
+        tail.append({"$set": paths})
+    tail.append({"$unset": [_LIVE] if guard is None else [_LIVE, _OK]})
+
+    def pipeline(value: Any) -> list[dict[str, Any]]:
+        return [*head, {"$set": {"value": when_ok(value, "value"), **fields}}, *tail]
+
+    return pipeline
 
 
 def _version_guard(if_version: int) -> dict[str, Any]:
@@ -548,14 +564,32 @@ class Scope:
         the item changes only when ``set_conflict`` finds no conflict; an item that must
         already exist (``if_version`` >= 1) is never created.
         """
-        paths, metadata_size = metadata
-        stored = self.encode_value(
-            key, value, metadata_size, max_value_bytes, expires=ttl is not None
+        return self.set_writer(metadata, now, ttl=ttl, if_version=if_version)(
+            key, value, max_value_bytes
         )
+
+    def set_writer(
+        self,
+        metadata: tuple[dict[str, Any], int],
+        now: datetime,
+        *,
+        ttl: timedelta | None = None,
+        if_version: int | None = None,
+    ) -> Callable[[str, Any, int], Write]:
+        """``set_write`` for many keys with the same metadata, time, ttl and condition: what
+        they share is built once (``set_many`` writes thousands of items this way)."""
+        paths, metadata_size = metadata
         expires_at: Any = "$$REMOVE" if ttl is None else now + ttl
         guard = None if if_version is None else _version_guard(if_version)
-        pipeline = _write_pipeline(now, {"$literal": stored}, expires_at, paths, guard)
-        return Write(self.item_filter(key), pipeline, upsert=not if_version)
+        pipeline = _pipeline_for(now, expires_at, paths, guard)
+
+        def write(key: str, value: Any, max_value_bytes: int) -> Write:
+            stored = self.encode_value(
+                key, value, metadata_size, max_value_bytes, expires=ttl is not None
+            )
+            return Write(self.item_filter(key), pipeline({"$literal": stored}), not if_version)
+
+        return write
 
     def increment_write(
         self, key: str, amount: int, now: datetime, ttl: timedelta | None = None

@@ -347,16 +347,10 @@ def set_many(
     checked_ttl = _core.check_ttl(ttl)
     keys: list[str] = []
     requests: list[UpdateOne] = []
+    writer = scope.set_writer(checked_metadata, settings.now, ttl=checked_ttl)
     for raw_key, value in checked_items.items():
         key = _core.check_key(raw_key)
-        write = scope.set_write(
-            key,
-            value,
-            checked_metadata,
-            settings.now,
-            ttl=checked_ttl,
-            max_value_bytes=settings.max_value_bytes,
-        )
+        write = writer(key, value, settings.max_value_bytes)
         keys.append(key)
         requests.append(UpdateOne(write.filter, write.pipeline, upsert=True, collation=_SIMPLE))
     if not requests:

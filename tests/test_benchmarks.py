@@ -1,0 +1,55 @@
+"""The benchmark still runs: its quick mode, at tiny sizes, writes every result. Nothing here
+looks at a timing (those belong to the benchmark itself, on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    operations = {row["operation"] for row in results["layer"]}
+    assert {"get", "set", "delete", "get_many", "set_many", "increment", "get_item"} <= operations
+    assert {row["operation"] for row in results["client_path"]} == {
+        "get",
+        "set",
+        "get_many (100)",
+        "set_many (100)",
+    }
+    assert {row["target"] for row in results["scaling"]["listing"]} == {"stub", "wire"}
+    assert all(row["peak_bytes"] > 0 for row in results["scaling"]["listing"])
+    assert results["embedded"]
+    assert all(set(check) == {"budget", "measured", "holds"} for check in results["budgets"])
+    report = (tmp_path / "results.md").read_text()
+    assert "## Budgets" in report
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_committed_results_come_from_the_documented_command() -> None:
+    results = json.loads((ROOT / "benchmarks" / "results" / "results.json").read_text())
+    assert results["command"] == "python -m benchmarks.run"
+    assert (ROOT / "benchmarks" / "results" / "scaling.png").exists()
+    page = (ROOT / "docs" / "performance.md").read_text()
+    assert "python -m benchmarks.run" in page
+
+
+def test_the_performance_page_shows_the_committed_budgets() -> None:
+    report = (ROOT / "benchmarks" / "results" / "results.md").read_text()
+    page = (ROOT / "docs" / "performance.md").read_text()
+    budget_rows = [line for line in report.splitlines() if line.startswith("| ") and "<=" in line]
+    assert len(budget_rows) > 30
+    for line in budget_rows:
+        assert line in page, line
