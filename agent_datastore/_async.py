@@ -20,7 +20,7 @@ from pymongo.collection import Collection
 from . import _core, _embedded
 from . import _operations as ops
 from ._items import Item, ItemInfo
-from ._store import CODEC_OPTIONS, DEFAULT_COLLECTION, ProxyBase, StoreBase, open_client
+from ._store import DEFAULT_COLLECTION, ProxyBase, StoreBase, open_client
 
 __all__ = ["AsyncAgentDataStoreProxy", "AsyncDataStore", "connect_async", "run_async"]
 
@@ -71,9 +71,9 @@ class AsyncDataStore(StoreBase):
             max_value_bytes=max_value_bytes,
             clock=clock,
         )
-        target: Any = collection.with_options(codec_options=CODEC_OPTIONS)
+        target = self._locked_target()
         if _embedded.is_fake_collection(collection):
-            target = _embedded.AsyncLockedCollection(_embedded.LockedCollection(target))
+            target = _embedded.AsyncLockedCollection(target)
         self._target = target
         self._index_attempt: asyncio.Future[None] | None = None
 

@@ -62,7 +62,6 @@ __all__ = [
     "check_metadata",
     "check_name",
     "check_prefix",
-    "check_start_after",
     "check_ttl",
     "increment_result",
     "is_live",
@@ -169,12 +168,13 @@ def check_keys(keys: object) -> list[str]:
     return checked
 
 
-def check_prefix(prefix: object) -> str | None:
-    """``None`` for no filtering (an empty prefix included), else the prefix."""
+def check_prefix(prefix: object, what: str = "prefix") -> str | None:
+    """``None`` for no filtering (``None`` or an empty string), else the text, at most as long
+    as a key. Also checks ``start_after``, the key a page starts after."""
     if prefix is None:
         return None
     if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str or None, not {type(prefix).__name__}")
+        raise TypeError(f"{what} must be a str or None, not {type(prefix).__name__}")
     if type(prefix) is not str:
         prefix = str.__str__(prefix)
     if not prefix:
@@ -182,9 +182,9 @@ def check_prefix(prefix: object) -> str | None:
     try:
         size = _codec.string_size(prefix)
     except UnicodeEncodeError:
-        raise ValueError(f"prefix {prefix!r} is not valid Unicode (lone surrogate)") from None
+        raise ValueError(f"{what} {prefix!r} is not valid Unicode (lone surrogate)") from None
     if size > MAX_KEY_BYTES:
-        raise ValueError(f"prefix is {size} bytes in UTF-8, longer than any key ({MAX_KEY_BYTES})")
+        raise ValueError(f"{what} is {size} bytes in UTF-8, longer than any key ({MAX_KEY_BYTES})")
     return prefix
 
 
@@ -238,17 +238,6 @@ def check_limit(limit: object) -> int:
     if not 1 <= limit <= MAX_INT64:
         raise ValueError(f"limit must be at least 1 (or None for no limit), not {limit}")
     return limit
-
-
-def check_start_after(start_after: object) -> str | None:
-    """The key a page starts after: ``None`` (or an empty string) for the first page."""
-    if start_after is None:
-        return None
-    if not isinstance(start_after, str):
-        raise TypeError(f"start_after must be a str or None, not {type(start_after).__name__}")
-    if not start_after:
-        return None
-    return check_name(start_after, "start_after", MAX_KEY_BYTES)
 
 
 def check_ttl(ttl: object) -> timedelta | None:

@@ -274,7 +274,7 @@ def keys_filter(
     scope: _core.Scope, settings: Settings, prefix: object, start_after: object
 ) -> dict[str, Any]:
     checked_prefix = _core.check_prefix(prefix)
-    checked_start = _core.check_start_after(start_after)
+    checked_start = _core.check_prefix(start_after, "start_after")
     return scope.keys_filter(checked_prefix, settings.now, checked_start)
 
 

@@ -89,6 +89,13 @@ class StoreBase:
         """The store's current time, as it timestamps items: UTC, whole milliseconds."""
         return _core.utc_now(self._clock)
 
+    def _locked_target(self) -> Any:
+        """The collection with the store's codec options; the embedded fake behind its lock."""
+        target = self._collection.with_options(codec_options=CODEC_OPTIONS)
+        if _embedded.is_fake_collection(self._collection):
+            target = _embedded.LockedCollection(target)
+        return target
+
     def _settings(self) -> ops.Settings:
         return ops.Settings(self.now(), self._max_value_bytes)
 
@@ -132,10 +139,7 @@ class DataStore(StoreBase):
             max_value_bytes=max_value_bytes,
             clock=clock,
         )
-        target: Any = collection.with_options(codec_options=CODEC_OPTIONS)
-        if _embedded.is_fake_collection(collection):
-            target = _embedded.LockedCollection(target)
-        self._target = target
+        self._target = self._locked_target()
         self._index_lock = threading.Lock()
         self._index_attempts = 0
         self._index_failure: BaseException | None = None
