@@ -9,24 +9,36 @@
 """
 
 from ._async import AsyncAgentDataStoreProxy, AsyncDataStore, connect_async
-from ._exceptions import DataStoreError, DataStoreUnavailable, HTTPException, VersionConflict
+from ._exceptions import (
+    DataStoreError,
+    DataStoreUnavailable,
+    HTTPException,
+    TokenRejected,
+    VersionConflict,
+)
 from ._items import Item, ItemInfo
+from ._remote import AsyncRemoteDataStoreProxy, RemoteDataStoreProxy
 from ._store import AgentDataStoreProxy, DataStore, connect
+from ._tokens import issue_token
 
 __all__ = [
     "AgentDataStoreProxy",
     "AsyncAgentDataStoreProxy",
     "AsyncDataStore",
+    "AsyncRemoteDataStoreProxy",
     "DataStore",
     "DataStoreError",
     "DataStoreUnavailable",
     "HTTPException",
     "Item",
     "ItemInfo",
+    "RemoteDataStoreProxy",
+    "TokenRejected",
     "VersionConflict",
     "__version__",
     "connect",
     "connect_async",
+    "issue_token",
 ]
 
 __version__ = "0.1.0"

@@ -7,8 +7,11 @@ Hierarchy::
     ├── ValueError                a value of the right type that the store cannot take
     └── HTTPException             carries ``status_code`` and ``detail``
         ├── VersionConflict       409: a compare-and-set (``if_version``) found another version
-        ├── DataStoreUnavailable  503: the database cannot be reached or did not answer in time
-        └── DataStoreError        500: the database answered, but refused the operation
+        ├── DataStoreUnavailable  503: the database (or the store service) cannot be reached or
+        │                         did not answer in time
+        ├── DataStoreError        500: the database answered, but refused the operation
+        └── TokenRejected         401: a remote proxy's token is missing, malformed, tampered
+                                  with, signed with another secret, or expired
 
 ``HTTPException`` is also a ``starlette.exceptions.HTTPException`` when Starlette is importable,
 so a Starlette or FastAPI application answers with the right status code without any handler
@@ -35,6 +38,7 @@ __all__ = [
     "DataStoreError",
     "DataStoreUnavailable",
     "HTTPException",
+    "TokenRejected",
     "VersionConflict",
     "translate",
     "translate_driver_errors",
@@ -127,6 +131,21 @@ class DataStoreError(HTTPException):
 
     def __init__(self, detail: str | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(500, detail, headers)
+
+
+class TokenRejected(HTTPException):
+    """Raised by a remote proxy when the store service refuses its token: missing, malformed,
+    tampered with, signed with another secret, or expired. Status 401 (403 if a service in
+    front of ours forbids the request). Nothing was read or changed; a new token from the
+    runtime is the only fix."""
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        status_code: int = 401,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code, detail, headers)
 
 
 def _name_items(keys: Sequence[str]) -> str:

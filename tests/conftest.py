@@ -14,6 +14,7 @@ import agent_datastore
 from agent_datastore import AgentDataStoreProxy, DataStore
 
 from .helpers import MONGODB_URI, REAL_SERVER_SKIP, MovableClock
+from .service import ServiceThread, remote_store
 from .twins import SyncOverAsyncStore
 
 # CI runs hypothesis derandomized, so a run is reproducible; locally it explores.
@@ -50,12 +51,27 @@ def _real_store(clock: MovableClock, asynchronous: bool) -> Iterator[Any]:
             store.collection.drop()
 
 
-@pytest.fixture(params=["embedded", "embedded-async", "mongodb", "mongodb-async"])
+@pytest.fixture(scope="session")
+def service() -> Iterator[ServiceThread]:
+    """The store service on 127.0.0.1, for the whole session (see ``tests/service.py``)."""
+    running = ServiceThread()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(
+    params=["embedded", "embedded-async", "remote", "remote-async", "mongodb", "mongodb-async"]
+)
 def store(request: pytest.FixtureRequest, clock: MovableClock) -> Iterator[Any]:
     """A new, empty store: the embedded one, and a real server when MONGODB_URI is set; each
     through the synchronous store and through the asynchronous twin (behind the synchronous
-    interface of ``tests/twins.py``), so that every contract test runs against both."""
-    if request.param == "embedded":
+    interface of ``tests/twins.py``), so that every contract test runs against both. The
+    ``remote`` backends are the remote proxies, through the store service on 127.0.0.1, in
+    front of an embedded store (``tests/service.py``)."""
+    if request.param.startswith("remote"):
+        service = request.getfixturevalue("service")
+        yield from remote_store(service, clock, asynchronous=request.param == "remote-async")
+    elif request.param == "embedded":
         with agent_datastore.connect("mongomock://", clock=clock) as embedded:
             yield embedded
     elif request.param == "embedded-async":

@@ -11,9 +11,17 @@ from typing import Any
 
 import pytest
 
-from agent_datastore import AgentDataStoreProxy, DataStore
+from agent_datastore import (
+    AgentDataStoreProxy,
+    AsyncRemoteDataStoreProxy,
+    DataStore,
+    RemoteDataStoreProxy,
+    issue_token,
+)
 
 from .helpers import snapshot
+from .service import SECRET
+from .twins import unwrapped
 
 Call = Callable[[AgentDataStoreProxy], Any]
 
@@ -97,6 +105,15 @@ BAD_METADATA: list[tuple[Any, type[Exception]]] = [
 ]
 
 
+def _scope_for(proxy: Any, user_id: Any, agent_name: Any) -> Any:
+    """What a runtime does to reach another user's agent: ask the store for a proxy, or, for
+    a remote proxy, issue a token."""
+    own = unwrapped(proxy)
+    if isinstance(own, (RemoteDataStoreProxy, AsyncRemoteDataStoreProxy)):
+        return issue_token(SECRET, user_id, agent_name)
+    return own._store.proxy(user_id, agent_name)
+
+
 def _cases() -> list[Any]:
     cases: list[Any] = []
     for label, make in BAD_VALUES:
@@ -117,10 +134,10 @@ def _cases() -> list[Any]:
             pytest.param(lambda p, n=name: p.get_many(["a", n]), error, id=f"get_many key {ids}"),
             pytest.param(lambda p, n=name: p.use_namespace(n), error, id=f"use_namespace {ids}"),
             pytest.param(
-                lambda p, n=name: p._store.proxy(n, "agent"), error, id=f"proxy user_id {ids}"
+                lambda p, n=name: _scope_for(p, n, "agent"), error, id=f"proxy user_id {ids}"
             ),
             pytest.param(
-                lambda p, n=name: p._store.proxy("user", n), error, id=f"proxy agent_name {ids}"
+                lambda p, n=name: _scope_for(p, "user", n), error, id=f"proxy agent_name {ids}"
             ),
         ]
         if isinstance(name, (str, int, float, bytes, type(None))) and name is not None:
@@ -143,8 +160,8 @@ def _cases() -> list[Any]:
         pytest.param(lambda p: p.get("k" * 1025), ValueError, id="key over 1024 bytes"),
         pytest.param(lambda p: p.set("é" * 513, 1), ValueError, id="key over 1024 UTF-8 bytes"),
         pytest.param(lambda p: p.use_namespace("n" * 513), ValueError, id="namespace over 512"),
-        pytest.param(lambda p: p._store.proxy("u" * 513, "a"), ValueError, id="user_id over 512"),
-        pytest.param(lambda p: p._store.proxy("u", "a" * 513), ValueError, id="agent over 512"),
+        pytest.param(lambda p: _scope_for(p, "u" * 513, "a"), ValueError, id="user_id over 512"),
+        pytest.param(lambda p: _scope_for(p, "u", "a" * 513), ValueError, id="agent over 512"),
         pytest.param(lambda p: p.get_many("abc"), TypeError, id="get_many of a str"),
         pytest.param(lambda p: p.get_many(b"abc"), TypeError, id="get_many of bytes"),
         pytest.param(lambda p: p.get_many({"a": 1}), TypeError, id="get_many of a dict"),

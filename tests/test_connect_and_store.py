@@ -242,9 +242,11 @@ class CountingIndexes:
         return str(self._create(*args, **kwargs))
 
 
-def test_the_unique_index_has_the_documented_spec(data_store: AgentDataStoreProxy) -> None:
+def test_the_unique_index_has_the_documented_spec(
+    store: DataStore, data_store: AgentDataStoreProxy
+) -> None:
     data_store.get("k")
-    index = data_store._store.collection.index_information()[INDEX_NAME]
+    index = store.collection.index_information()[INDEX_NAME]
     assert index["key"] == [("userId", 1), ("agentName", 1), ("namespace", 1), ("key", 1)]
     assert index["unique"] is True
 

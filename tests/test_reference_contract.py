@@ -13,8 +13,10 @@ import pytest
 from agent_datastore import (
     AgentDataStoreProxy,
     AsyncAgentDataStoreProxy,
+    AsyncRemoteDataStoreProxy,
     DataStore,
     HTTPException,
+    RemoteDataStoreProxy,
 )
 
 from .helpers import documents
@@ -325,9 +327,15 @@ def test_use_namespace_returns_a_new_proxy_and_leaves_the_original(
     data_store: AgentDataStoreProxy,
 ) -> None:
     cache = data_store.use_namespace("api-cache")
-    # an AgentDataStoreProxy (an AsyncAgentDataStoreProxy from the async twin)
+    # the same kind of proxy: local or remote, synchronous or the async twin
     assert unwrapped(cache).__class__ is unwrapped(data_store).__class__
-    assert isinstance(unwrapped(cache), (AgentDataStoreProxy, AsyncAgentDataStoreProxy))
+    proxies = (
+        AgentDataStoreProxy,
+        AsyncAgentDataStoreProxy,
+        RemoteDataStoreProxy,
+        AsyncRemoteDataStoreProxy,
+    )
+    assert isinstance(unwrapped(cache), proxies)
     assert cache is not data_store
     assert (cache.user_id, cache.agent_name, cache.namespace) == ("user-1", "agent-a", "api-cache")
     assert data_store.namespace == "default"

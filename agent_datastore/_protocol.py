@@ -1,0 +1,355 @@
+"""The store service's HTTP protocol, written once for the server and both remote proxies.
+
+Every operation is ``POST /v1/<operation>`` with a JSON object body and the token in
+``Authorization: Bearer <token>``. The user and the agent come from the token alone; the body
+names the namespace and the operation's arguments, and any other field is refused. A success
+is ``200 {"result": ...}``; a failure is ``{"error": {"type": ..., "message": ...}}`` with the
+status of the exception a local proxy would raise (400 for ``TypeError`` and ``ValueError``,
+409, 413, 429, 401, 500, 503), so a remote proxy raises the same exception.
+
+Values are JSON as Python's ``json`` writes it, which is exact for everything a store takes:
+integers of any size, floats (their shortest repr), ``$``/``.`` keys, any Unicode, ``null``.
+Datetimes are ISO 8601 UTC strings with milliseconds, the stored precision.
+
+The client's half checks arguments with the local proxy's own rules (``_core``, ``_codec``)
+before anything is sent; the server's half checks them again, because a client can be anyone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from . import _core
+from ._exceptions import (
+    DataStoreError,
+    DataStoreUnavailable,
+    HTTPException,
+    TokenRejected,
+    VersionConflict,
+)
+from ._items import Item, ItemInfo
+
+__all__ = [
+    "API_PREFIX",
+    "OPERATIONS",
+    "Request",
+    "decode_error",
+    "dumps",
+    "encode_error",
+    "item_from_json",
+    "item_info_from_json",
+    "item_info_to_json",
+    "item_to_json",
+]
+
+API_PREFIX = "/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One operation's body fields (``required`` ones first) and whether sending it twice
+    has the effect of sending it once, so that a lost connection may be retried."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    idempotent: bool
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(("namespace", *self.required, *self.optional))
+
+
+OPERATIONS: dict[str, Spec] = {
+    "get": Spec(("key",), (), idempotent=True),
+    "get_item": Spec(("key",), (), idempotent=True),
+    "set": Spec(("key", "value"), ("metadata", "ttl_ms", "if_version"), idempotent=False),
+    "increment": Spec(("key",), ("amount", "ttl_ms"), idempotent=False),
+    "delete": Spec(("key",), ("if_version",), idempotent=False),
+    "list_keys": Spec(("limit",), ("prefix", "start_after"), idempotent=True),
+    "list_items": Spec(("limit",), ("prefix", "start_after"), idempotent=True),
+    "list_namespaces": Spec((), (), idempotent=True),
+    "clear": Spec((), (), idempotent=False),
+    "get_many": Spec(("keys",), (), idempotent=True),
+    "set_many": Spec(("items",), ("metadata", "ttl_ms"), idempotent=False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call of the service: its operation and JSON body."""
+
+    operation: str
+    body: dict[str, Any]
+
+    @property
+    def path(self) -> str:
+        return f"{API_PREFIX}/{self.operation}"
+
+    @property
+    def idempotent(self) -> bool:
+        return OPERATIONS[self.operation].idempotent
+
+
+def dumps(document: Any) -> bytes:
+    """A JSON document as the protocol sends it: compact UTF-8, no NaN or infinity."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
+        "utf-8"
+    )
+
+
+def ttl_ms(ttl: timedelta | None) -> int | None:
+    """A checked ttl (whole milliseconds) as the protocol's integer."""
+    return None if ttl is None else ttl // timedelta(milliseconds=1)
+
+
+# ------------------------------------------------------------------------------- items
+
+
+def _date_to_json(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _date_from_json(text: Any) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text).astimezone(timezone.utc)
+
+
+def _details_to_json(item: Item | ItemInfo) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "metadata": item.metadata,
+        "createdAt": _date_to_json(item.createdAt),
+        "updatedAt": _date_to_json(item.updatedAt),
+        "version": item.version,
+        "expiresAt": _date_to_json(item.expiresAt),
+    }
+
+
+def _details_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "key": data["key"],
+        "metadata": data["metadata"],
+        "createdAt": _date_from_json(data["createdAt"]),
+        "updatedAt": _date_from_json(data["updatedAt"]),
+        "version": data["version"],
+        "expiresAt": _date_from_json(data["expiresAt"]),
+    }
+
+
+def item_to_json(item: Item) -> dict[str, Any]:
+    return {**_details_to_json(item), "value": item.value}
+
+
+def item_from_json(data: Mapping[str, Any]) -> Item:
+    return Item(value=data["value"], **_details_from_json(data))
+
+
+def item_info_to_json(info: ItemInfo) -> dict[str, Any]:
+    return {**_details_to_json(info), "size": info.size}
+
+
+def item_info_from_json(data: Mapping[str, Any]) -> ItemInfo:
+    return ItemInfo(size=data["size"], **_details_from_json(data))
+
+
+# ------------------------------------------------------------------------------ errors
+
+# What a client is told of a failure of the database: never the database's own words,
+# which can carry host names, user names or parts of other documents.
+UNAVAILABLE_MESSAGE = "the store's database is unavailable; the same call may succeed later"
+REFUSED_MESSAGE = "the store's database refused the operation"
+
+
+def encode_error(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """The status and body that tell a client about ``exc``."""
+    error: dict[str, Any]
+    if isinstance(exc, VersionConflict):
+        error = {
+            "type": "VersionConflict",
+            "message": exc.detail,
+            "key": exc.key,
+            "expected_version": exc.expected_version,
+            "current_version": exc.current_version,
+        }
+        return 409, {"error": error}
+    if isinstance(exc, (TypeError, ValueError)):
+        return 400, {"error": {"type": type(exc).__name__, "message": str(exc)}}
+    if isinstance(exc, TokenRejected):
+        return exc.status_code, {"error": {"type": "TokenRejected", "message": exc.detail}}
+    if isinstance(exc, DataStoreUnavailable):
+        return 503, {"error": {"type": "DataStoreUnavailable", "message": UNAVAILABLE_MESSAGE}}
+    if isinstance(exc, HTTPException) and exc.status_code in (413, 429):
+        return exc.status_code, {"error": {"type": "HTTPException", "message": exc.detail}}
+    return 500, {"error": {"type": "DataStoreError", "message": REFUSED_MESSAGE}}
+
+
+def decode_error(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Exception:
+    """The exception a remote proxy raises for an error answer of the service."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    kind, message = error.get("type"), error.get("message")
+    if not isinstance(message, str):
+        message = None
+    if status == 400 and kind in ("TypeError", "ValueError"):
+        return (TypeError if kind == "TypeError" else ValueError)(message or "invalid request")
+    if status == 409 and kind == "VersionConflict":
+        try:
+            return VersionConflict(
+                str(error["key"]), int(error["expected_version"]), int(error["current_version"])
+            )
+        except (KeyError, TypeError, ValueError):
+            pass
+    if status in (401, 403):
+        return TokenRejected(message, status)
+    if status in (502, 503, 504):
+        return DataStoreUnavailable(message or f"the store service answered {status}")
+    if status == 500:
+        return DataStoreError(message)
+    retry_after = (
+        {"Retry-After": headers["Retry-After"]} if headers and "Retry-After" in headers else None
+    )
+    return HTTPException(status, message, retry_after)
+
+
+# ---------------------------------------------------------------------- client requests
+#
+# Each builder checks its arguments exactly as the local proxy does, so bad input raises the
+# same TypeError or ValueError before anything is sent. The one check only the service can
+# make is its store's own max_value_bytes, when it is below MongoDB's limit.
+
+
+def _with_namespace(scope: _core.Scope, operation: str, **fields: Any) -> Request:
+    body = {"namespace": scope.namespace}
+    body.update((name, value) for name, value in fields.items() if value is not None)
+    return Request(operation, body)
+
+
+def get_request(scope: _core.Scope, key: object) -> Request:
+    return _with_namespace(scope, "get", key=_core.check_key(key))
+
+
+def get_item_request(scope: _core.Scope, key: object) -> Request:
+    return _with_namespace(scope, "get_item", key=_core.check_key(key))
+
+
+def _plain_metadata(metadata: object) -> tuple[dict[str, Any] | None, tuple[dict[str, Any], int]]:
+    checked = _core.check_metadata(metadata)
+    if metadata is None:
+        return None, checked
+    assert isinstance(metadata, Mapping)
+    return {str.__str__(name): value for name, value in metadata.items()}, checked
+
+
+def set_request(
+    scope: _core.Scope,
+    key: object,
+    value: Any,
+    metadata: object,
+    ttl: object,
+    if_version: object,
+) -> Request:
+    checked_key = _core.check_key(key)
+    plain_metadata, (_, metadata_size) = _plain_metadata(metadata)
+    checked_ttl = _core.check_ttl(ttl)
+    expected = _core.check_if_version(if_version)
+    scope.encode_value(
+        checked_key,
+        value,
+        metadata_size,
+        _core.MAX_DOCUMENT_BYTES,
+        expires=checked_ttl is not None,
+    )
+    body = {"namespace": scope.namespace, "key": checked_key, "value": value}
+    if plain_metadata is not None:
+        body["metadata"] = plain_metadata
+    if checked_ttl is not None:
+        body["ttl_ms"] = ttl_ms(checked_ttl)
+    if expected is not None:
+        body["if_version"] = expected
+    return Request("set", body)
+
+
+def increment_request(scope: _core.Scope, key: object, amount: object, ttl: object) -> Request:
+    return _with_namespace(
+        scope,
+        "increment",
+        key=_core.check_key(key),
+        amount=_core.check_amount(amount),
+        ttl_ms=ttl_ms(_core.check_ttl(ttl)),
+    )
+
+
+def delete_request(scope: _core.Scope, key: object, if_version: object) -> Request:
+    return _with_namespace(
+        scope, "delete", key=_core.check_key(key), if_version=_core.check_if_version(if_version)
+    )
+
+
+def listing_request(
+    scope: _core.Scope, operation: str, prefix: str | None, limit: int, start_after: str | None
+) -> Request:
+    """One page of ``list_keys`` or ``list_items``; the caller has checked the arguments."""
+    return _with_namespace(scope, operation, prefix=prefix, limit=limit, start_after=start_after)
+
+
+def get_many_request(scope: _core.Scope, keys: object) -> Request:
+    return _with_namespace(scope, "get_many", keys=_core.check_keys(keys))
+
+
+def set_many_request(scope: _core.Scope, items: object, metadata: object, ttl: object) -> Request:
+    checked_items = _core.check_items(items)
+    plain_metadata, (_, metadata_size) = _plain_metadata(metadata)
+    checked_ttl = _core.check_ttl(ttl)
+    plain_items: dict[str, Any] = {}
+    for raw_key, value in checked_items.items():
+        key = _core.check_key(raw_key)
+        scope.encode_value(
+            key, value, metadata_size, _core.MAX_DOCUMENT_BYTES, expires=checked_ttl is not None
+        )
+        plain_items[key] = value
+    return _with_namespace(
+        scope, "set_many", items=plain_items, metadata=plain_metadata, ttl_ms=ttl_ms(checked_ttl)
+    )
+
+
+# ---------------------------------------------------------------------- client answers
+
+
+def result_of(status: int, content: bytes, headers: Mapping[str, str] | None = None) -> Any:
+    """The ``result`` of a service's answer, or the exception it stands for, raised."""
+    try:
+        document = json.loads(content) if content else None
+    except (ValueError, RecursionError):
+        document = None
+    if status == 200:
+        if not isinstance(document, dict) or "result" not in document:
+            raise DataStoreError("the store service sent an answer that is not the protocol's")
+        return document["result"]
+    raise decode_error(status, document, headers)
+
+
+def listing_arguments(
+    prefix: object, limit: object, start_after: object
+) -> tuple[str | None, int, str | None]:
+    """A listing's arguments, checked as the local proxy checks them; a limit of 0 is none."""
+    return (
+        _core.check_prefix(prefix),
+        _core.check_limit(limit),
+        _core.check_prefix(start_after, "start_after"),
+    )
+
+
+def page_size(limit: int, collected: int) -> int:
+    """How many results the next page asks for, when ``collected`` are in hand already."""
+    # The service returns at most a page (1,000) per request, so that no request makes it
+    # hold an unbounded answer; longer listings are paged by the client.
+    page = _core.KEY_PAGE_SIZE
+    return min(page, limit - collected) if limit else page

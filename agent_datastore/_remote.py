@@ -1,0 +1,476 @@
+"""The remote proxies: a ``data_store`` that holds a token and the service's address, and no
+database client.
+
+``RemoteDataStoreProxy`` has the synchronous proxy's methods, arguments, results and errors;
+``AsyncRemoteDataStoreProxy`` is its twin for asyncio, as ``AsyncAgentDataStoreProxy`` is the
+local one's. Both build requests and read answers with ``_protocol``, so they differ only in
+how the bytes travel (httpx's ``Client`` or ``AsyncClient``). Needs the ``remote`` extra.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import _core, _protocol
+from ._exceptions import DataStoreUnavailable
+from ._items import Item, ItemInfo
+from ._protocol import Request
+from ._tokens import read_token
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["AsyncRemoteDataStoreProxy", "RemoteDataStoreProxy"]
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def _httpx() -> Any:
+    try:
+        import httpx
+    except ImportError as exc:  # pragma: no cover - the remote extra is not installed
+        raise ImportError(
+            "the remote proxy needs its extra: pip install 'agent-datastore[remote]'"
+        ) from exc
+    return httpx
+
+
+def _check_url(url: object) -> str:
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"url must start with http:// or https://, not {url!r}")
+    return url.rstrip("/")
+
+
+def _check_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
+class _Service:
+    """What the proxies made from one token share: the service's address, the token, the
+    timeout and the HTTP client (closed with them unless the caller passed its own)."""
+
+    def __init__(self, url: object, token: str, timeout: object, client: Any, owned: bool):
+        self.url = _check_url(url)
+        self.headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+        self.timeout = _check_timeout(timeout)
+        self.client = client
+        self.owned = owned
+
+    def attempts(self, request: Request) -> int:
+        """A read is sent once more after a broken connection; a write only when the
+        connection could not even be opened (then nothing reached the service)."""
+        return 2 if request.idempotent else 1
+
+    def failure(
+        self, exc: Exception, request: Request, attempt: int
+    ) -> DataStoreUnavailable | None:
+        """``None`` when a transport error allows one more attempt, else the error to raise."""
+        httpx = _httpx()
+        if isinstance(exc, httpx.TimeoutException):
+            return DataStoreUnavailable(
+                f"the store service did not answer within {self.timeout:g} s"
+            )
+        retry = attempt == 0 and (request.idempotent or isinstance(exc, httpx.ConnectError))
+        if retry:
+            return None
+        return DataStoreUnavailable(f"cannot reach the store service at {self.url} ({exc!r})")
+
+
+def _new_service(
+    url: object, token: object, timeout: object, http_client: Any, asynchronous: bool
+) -> tuple[_Service, _core.Scope]:
+    user_id, agent_name = read_token(token)
+    assert isinstance(token, str)
+    service = _Service(url, token, timeout, http_client, owned=http_client is None)
+    if http_client is None:
+        httpx = _httpx()
+        kind = httpx.AsyncClient if asynchronous else httpx.Client
+        service.client = kind(base_url=service.url, timeout=service.timeout)
+    return service, _core.Scope.of(user_id, agent_name, "default")
+
+
+class _RemoteBase:
+    __slots__ = ("_scope", "_service")
+
+    _scope: _core.Scope
+    _service: _Service
+
+    @property
+    def user_id(self) -> str:
+        """The user the token names."""
+        return self._scope.user_id
+
+    @property
+    def agent_name(self) -> str:
+        """The agent the token names."""
+        return self._scope.agent_name
+
+    @property
+    def namespace(self) -> str:
+        return self._scope.namespace
+
+    def _in(self, namespace: object) -> Any:
+        twin = object.__new__(type(self))
+        twin._service = self._service
+        twin._scope = _core.Scope.of(self._scope.user_id, self._scope.agent_name, namespace)
+        return twin
+
+    def __repr__(self) -> str:
+        scope = self._scope
+        return (
+            f"{type(self).__name__}(url={self._service.url!r}, user_id={scope.user_id!r}, "
+            f"agent_name={scope.agent_name!r}, namespace={scope.namespace!r})"
+        )
+
+
+class RemoteDataStoreProxy(_RemoteBase):
+    """The ``data_store`` of one user's agent, served by the store service at ``url``
+    (``agent_datastore.server``) to the holder of ``token`` (``issue_token``).
+
+    It has the methods, arguments, results and errors of ``AgentDataStoreProxy``, and holds no
+    database client: code in the sandbox can reach only what the token grants. Bad arguments
+    raise ``TypeError`` or ``ValueError`` before any request; an unreachable service, or one
+    that does not answer within ``timeout`` seconds, raises ``DataStoreUnavailable``; a
+    refused token raises ``TokenRejected``. Reads are sent once more after a broken
+    connection; writes only when the connection could not be opened.
+
+    Pass ``http_client`` (an ``httpx.Client`` with the service's ``base_url``) to share one, or
+    to configure TLS or proxies; otherwise the proxy makes its own, which ``close()`` (or the
+    ``with`` block) closes. Proxies from ``use_namespace`` share it. Thread-safe.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        namespace: str = "default",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        service, scope = _new_service(url, token, timeout, http_client, asynchronous=False)
+        self._service = service
+        try:
+            self._scope = _core.Scope.of(scope.user_id, scope.agent_name, namespace)
+        except BaseException:
+            self.close()
+            raise
+
+    def _send(self, request: Request) -> Any:
+        service = self._service
+        content = _protocol.dumps(request.body)
+        for attempt in range(service.attempts(request)):
+            try:
+                response = service.client.post(
+                    request.path, content=content, headers=service.headers
+                )
+            except _httpx().TransportError as exc:
+                failure = service.failure(exc, request, attempt)
+                if failure is None:
+                    continue
+                raise failure from exc
+            return _protocol.result_of(response.status_code, response.content, response.headers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """As ``AgentDataStoreProxy.get``."""
+        answer = self._send(_protocol.get_request(self._scope, key))
+        return answer["value"] if answer["found"] else default
+
+    def get_item(self, key: str) -> Item | None:
+        """As ``AgentDataStoreProxy.get_item``."""
+        answer = self._send(_protocol.get_item_request(self._scope, key))
+        return None if answer is None else _protocol.item_from_json(answer)
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        if_version: int | None = None,
+    ) -> None:
+        """As ``AgentDataStoreProxy.set``."""
+        self._send(_protocol.set_request(self._scope, key, value, metadata, ttl, if_version))
+
+    def increment(self, key: str, amount: int = 1, *, ttl: float | timedelta | None = None) -> int:
+        """As ``AgentDataStoreProxy.increment``."""
+        return int(self._send(_protocol.increment_request(self._scope, key, amount, ttl)))
+
+    def delete(self, key: str, *, if_version: int | None = None) -> bool:
+        """As ``AgentDataStoreProxy.delete``."""
+        return bool(self._send(_protocol.delete_request(self._scope, key, if_version)))
+
+    def _listing(
+        self, operation: str, prefix: object, limit: object, start_after: object
+    ) -> list[Any]:
+        checked_prefix, checked_limit, start = _protocol.listing_arguments(
+            prefix, limit, start_after
+        )
+        results: list[Any] = []
+        while True:
+            size = _protocol.page_size(checked_limit, len(results))
+            request = _protocol.listing_request(self._scope, operation, checked_prefix, size, start)
+            page = self._send(request)
+            results.extend(page)
+            if len(page) < size or len(results) == checked_limit:
+                return results
+            start = page[-1] if operation == "list_keys" else page[-1]["key"]
+
+    def list_keys(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[str]:
+        """As ``AgentDataStoreProxy.list_keys``. The service returns at most 1,000 keys a
+        request, so a longer listing is several requests, each after the last key seen."""
+        return self._listing("list_keys", prefix, limit, start_after)
+
+    def iter_keys(self, prefix: str | None = None) -> Iterator[str]:
+        """As ``AgentDataStoreProxy.iter_keys``: a request per 1,000 keys."""
+        checked_prefix = _core.check_prefix(prefix)
+        return self._iter_keys(checked_prefix)
+
+    def _iter_keys(self, prefix: str | None) -> Iterator[str]:
+        start: str | None = None
+        while True:
+            request = _protocol.listing_request(
+                self._scope, "list_keys", prefix, _core.KEY_PAGE_SIZE, start
+            )
+            page: list[str] = self._send(request)
+            yield from page
+            if len(page) < _core.KEY_PAGE_SIZE:
+                return
+            start = page[-1]
+
+    def list_items(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[ItemInfo]:
+        """As ``AgentDataStoreProxy.list_items``, paged by the service as ``list_keys`` is."""
+        pages = self._listing("list_items", prefix, limit, start_after)
+        return [_protocol.item_info_from_json(info) for info in pages]
+
+    def list_namespaces(self) -> list[str]:
+        """As ``AgentDataStoreProxy.list_namespaces``."""
+        return list(self._send(Request("list_namespaces", {})))
+
+    def use_namespace(self, namespace: str) -> RemoteDataStoreProxy:
+        """A proxy for the same token in ``namespace``, sharing this one's HTTP client."""
+        return self._in(namespace)  # type: ignore[no-any-return]
+
+    def clear(self) -> int:
+        """As ``AgentDataStoreProxy.clear``."""
+        return int(self._send(Request("clear", {"namespace": self.namespace})))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """As ``AgentDataStoreProxy.get_many``."""
+        request = _protocol.get_many_request(self._scope, keys)
+        if not request.body["keys"]:
+            return {}
+        return dict(self._send(request))
+
+    def set_many(
+        self,
+        items: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> int:
+        """As ``AgentDataStoreProxy.set_many``."""
+        request = _protocol.set_many_request(self._scope, items, metadata, ttl)
+        if not request.body["items"]:
+            return 0
+        return int(self._send(request))
+
+    def close(self) -> None:
+        """Close the HTTP client this proxy made (and its ``use_namespace`` proxies share)."""
+        if self._service.owned:
+            self._service.client.close()
+
+    def __enter__(self) -> RemoteDataStoreProxy:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncRemoteDataStoreProxy(_RemoteBase):
+    """``RemoteDataStoreProxy`` for asyncio: the same arguments, results and errors, with
+    every method a coroutine (``iter_keys`` an async iterator), on an ``httpx.AsyncClient``.
+    Close it with ``await proxy.aclose()`` or ``async with``."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        namespace: str = "default",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        service, scope = _new_service(url, token, timeout, http_client, asynchronous=True)
+        self._service = service
+        self._scope = _core.Scope.of(scope.user_id, scope.agent_name, namespace)
+
+    async def _send(self, request: Request) -> Any:
+        service = self._service
+        content = _protocol.dumps(request.body)
+        for attempt in range(service.attempts(request)):
+            try:
+                response = await service.client.post(
+                    request.path, content=content, headers=service.headers
+                )
+            except _httpx().TransportError as exc:
+                failure = service.failure(exc, request, attempt)
+                if failure is None:
+                    continue
+                raise failure from exc
+            return _protocol.result_of(response.status_code, response.content, response.headers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        answer = await self._send(_protocol.get_request(self._scope, key))
+        return answer["value"] if answer["found"] else default
+
+    async def get_item(self, key: str) -> Item | None:
+        answer = await self._send(_protocol.get_item_request(self._scope, key))
+        return None if answer is None else _protocol.item_from_json(answer)
+
+    async def set(
+        self,
+        key: str,
+        value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        if_version: int | None = None,
+    ) -> None:
+        await self._send(_protocol.set_request(self._scope, key, value, metadata, ttl, if_version))
+
+    async def increment(
+        self, key: str, amount: int = 1, *, ttl: float | timedelta | None = None
+    ) -> int:
+        return int(await self._send(_protocol.increment_request(self._scope, key, amount, ttl)))
+
+    async def delete(self, key: str, *, if_version: int | None = None) -> bool:
+        return bool(await self._send(_protocol.delete_request(self._scope, key, if_version)))
+
+    async def _listing(
+        self, operation: str, prefix: object, limit: object, start_after: object
+    ) -> list[Any]:
+        checked_prefix, checked_limit, start = _protocol.listing_arguments(
+            prefix, limit, start_after
+        )
+        results: list[Any] = []
+        while True:
+            size = _protocol.page_size(checked_limit, len(results))
+            request = _protocol.listing_request(self._scope, operation, checked_prefix, size, start)
+            page = await self._send(request)
+            results.extend(page)
+            if len(page) < size or len(results) == checked_limit:
+                return results
+            start = page[-1] if operation == "list_keys" else page[-1]["key"]
+
+    async def list_keys(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[str]:
+        return await self._listing("list_keys", prefix, limit, start_after)
+
+    def iter_keys(self, prefix: str | None = None) -> AsyncIterator[str]:
+        checked_prefix = _core.check_prefix(prefix)
+        return self._iter_keys(checked_prefix)
+
+    async def _iter_keys(self, prefix: str | None) -> AsyncIterator[str]:
+        start: str | None = None
+        while True:
+            request = _protocol.listing_request(
+                self._scope, "list_keys", prefix, _core.KEY_PAGE_SIZE, start
+            )
+            page: list[str] = await self._send(request)
+            for key in page:
+                yield key
+            if len(page) < _core.KEY_PAGE_SIZE:
+                return
+            start = page[-1]
+
+    async def list_items(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        start_after: str | None = None,
+    ) -> list[ItemInfo]:
+        pages = await self._listing("list_items", prefix, limit, start_after)
+        return [_protocol.item_info_from_json(info) for info in pages]
+
+    async def list_namespaces(self) -> list[str]:
+        return list(await self._send(Request("list_namespaces", {})))
+
+    def use_namespace(self, namespace: str) -> AsyncRemoteDataStoreProxy:
+        return self._in(namespace)  # type: ignore[no-any-return]
+
+    async def clear(self) -> int:
+        return int(await self._send(Request("clear", {"namespace": self.namespace})))
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        request = _protocol.get_many_request(self._scope, keys)
+        if not request.body["keys"]:
+            return {}
+        return dict(await self._send(request))
+
+    async def set_many(
+        self,
+        items: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> int:
+        request = _protocol.set_many_request(self._scope, items, metadata, ttl)
+        if not request.body["items"]:
+            return 0
+        return int(await self._send(request))
+
+    async def aclose(self) -> None:
+        if self._service.owned:
+            await self._service.client.aclose()
+
+    async def __aenter__(self) -> AsyncRemoteDataStoreProxy:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

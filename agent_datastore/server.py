@@ -1,0 +1,437 @@
+"""The store service: every proxy operation as JSON over HTTP, for sandboxes that must not
+hold database credentials.
+
+    from agent_datastore.server import create_app
+    app = create_app(store, secret)   # an ASGI app; run it with uvicorn
+
+The user and agent of every call come from the request's token (``issue_token``), verified
+with ``secret``; the namespace comes from the body. The protocol is in ``_protocol``; the
+OpenAPI document is served at ``/v1/openapi.json``. Needs the ``server`` extra (Starlette,
+and uvicorn for ``agent-datastore serve``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+try:
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - the server extra is not installed
+    raise ImportError(
+        "agent_datastore.server needs its extra: pip install 'agent-datastore[server]'"
+    ) from exc
+
+from . import _core, _protocol
+from ._async import AsyncDataStore
+from ._exceptions import HTTPException, TokenRejected
+from ._items import Item, ItemInfo
+from ._store import DataStore
+from ._tokens import _secret_bytes, verify_token
+
+__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_BODY_BYTES", "create_app"]
+
+# A value may be up to 16 MiB of BSON, which is at most about as much JSON for typical data.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_BATCH = 1_000
+
+logger = logging.getLogger("agent_datastore.server")
+
+
+class _RateLimiter:
+    """A token bucket per token: ``requests`` at once, refilled at ``requests / per_seconds``
+    a second. Buckets of expired tokens are dropped as new ones come."""
+
+    def __init__(self, requests: int, per_seconds: float) -> None:
+        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+            raise ValueError(f"rate_limit needs a positive number of requests, not {requests!r}")
+        if not isinstance(per_seconds, (int, float)) or not 0 < per_seconds < math.inf:
+            raise ValueError(f"rate_limit needs a positive period, not {per_seconds!r}")
+        self._capacity = float(requests)
+        self._rate = requests / per_seconds
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # level, time, token expiry
+        self._lock = threading.Lock()
+
+    def wait_needed(self, token: str, expires_at: float) -> float:
+        """0 if the request may go now (and it is counted), else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            level, last, _ = self._buckets.get(token, (self._capacity, now, expires_at))
+            level = min(self._capacity, level + (now - last) * self._rate)
+            if level < 1:
+                self._buckets[token] = (level, now, expires_at)
+                return (1 - level) / self._rate
+            self._buckets[token] = (level - 1, now, expires_at)
+            if len(self._buckets) > 10_000:
+                self._forget_expired()
+            return 0.0
+
+    def _forget_expired(self) -> None:
+        wall = time.time()
+        for token in [t for t, (_, _, exp) in self._buckets.items() if exp < wall]:
+            del self._buckets[token]
+
+
+def _too_large(detail: str) -> HTTPException:
+    return HTTPException(413, detail)
+
+
+def _object_of(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        raise ValueError("the request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the request body is not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise TypeError(f"the request body must be a JSON object, not {type(document).__name__}")
+    return document
+
+
+def _ttl_of(body: dict[str, Any]) -> timedelta | None:
+    milliseconds = body.get("ttl_ms")
+    if milliseconds is None:
+        return None
+    if isinstance(milliseconds, bool) or not isinstance(milliseconds, int):
+        raise TypeError(f"ttl_ms must be an integer, not {type(milliseconds).__name__}")
+    try:
+        return timedelta(milliseconds=milliseconds)
+    except OverflowError:
+        raise ValueError(f"ttl_ms {milliseconds} is out of range") from None
+
+
+def _item_json(item: Item | None) -> Any:
+    return None if item is None else _protocol.item_to_json(item)
+
+
+def _infos_json(infos: list[ItemInfo]) -> list[dict[str, Any]]:
+    return [_protocol.item_info_to_json(info) for info in infos]
+
+
+def _check_listing_limit(limit: object) -> None:
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > _core.KEY_PAGE_SIZE:
+        raise _too_large(f"a listing returns at most {_core.KEY_PAGE_SIZE} per request")
+
+
+_MISSING = object()
+
+
+def _same(result: Any) -> Any:
+    return result
+
+
+def _found(value: Any) -> dict[str, Any]:
+    if value is _MISSING:
+        return {"found": False, "value": None}
+    return {"found": True, "value": value}
+
+
+def _call(proxy: Any, operation: str, body: dict[str, Any]) -> tuple[Any, Callable[[Any], Any]]:
+    """The proxy method call (not yet awaited, for an async proxy) that serves ``operation``,
+    and how its result becomes JSON."""
+    key = body.get("key")
+    same = _same
+    if operation == "get":
+        return proxy.get(key, _MISSING), _found
+    if operation == "get_item":
+        return proxy.get_item(key), _item_json
+    if operation == "set":
+        call = proxy.set(
+            key,
+            body.get("value"),
+            body.get("metadata"),
+            ttl=_ttl_of(body),
+            if_version=body.get("if_version"),
+        )
+        return call, same
+    if operation == "increment":
+        return proxy.increment(key, body.get("amount", 1), ttl=_ttl_of(body)), same
+    if operation == "delete":
+        return proxy.delete(key, if_version=body.get("if_version")), same
+    if operation in ("list_keys", "list_items"):
+        limit = body.get("limit")
+        _check_listing_limit(limit)
+        method = getattr(proxy, operation)
+        call = method(body.get("prefix"), limit=limit, start_after=body.get("start_after"))
+        return call, (same if operation == "list_keys" else _infos_json)
+    if operation == "list_namespaces":
+        return proxy.list_namespaces(), same
+    if operation == "clear":
+        return proxy.clear(), same
+    if operation == "get_many":
+        return proxy.get_many(body.get("keys")), same
+    assert operation == "set_many"
+    call = proxy.set_many(body.get("items"), body.get("metadata"), ttl=_ttl_of(body))
+    return call, same
+
+
+def _batch_size(operation: str, body: dict[str, Any]) -> int:
+    batch = body.get("keys") if operation == "get_many" else body.get("items")
+    return len(batch) if isinstance(batch, (list, dict)) else 0
+
+
+def create_app(
+    store: DataStore | AsyncDataStore,
+    secret: str | bytes,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    rate_limit: tuple[int, float] | None = None,
+) -> Starlette:
+    """An ASGI application serving ``store`` to the holders of tokens signed with ``secret``.
+
+    The caller owns ``store`` and closes it after the application stops. A request body over
+    ``max_body_bytes`` and a ``get_many`` or ``set_many`` of more than ``max_batch`` items are
+    answered 413. ``rate_limit=(requests, per_seconds)`` allows each token that many requests
+    per period (the whole number at once, then at the average rate), and answers 429 with
+    ``Retry-After`` beyond it.
+    """
+    if not isinstance(store, (DataStore, AsyncDataStore)):
+        raise TypeError(f"store must be a DataStore or AsyncDataStore, not {type(store).__name__}")
+    key = _secret_bytes(secret)
+    for name, limit in (("max_body_bytes", max_body_bytes), ("max_batch", max_batch)):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"{name} must be a positive integer, not {limit!r}")
+    limiter = None if rate_limit is None else _RateLimiter(*rate_limit)
+    asynchronous = isinstance(store, AsyncDataStore)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise _too_large(f"the request body is over {max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise _too_large(f"the request body is over {max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def authorize(request: Request) -> tuple[str, Any]:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenRejected("the request has no bearer token")
+        token = token.strip()
+        return token, verify_token(key, token)
+
+    async def serve(request: Request, operation: str) -> Any:
+        token, scope = authorize(request)
+        if limiter is not None:
+            wait = limiter.wait_needed(token, scope.expires_at)
+            if wait:
+                seconds = str(max(1, math.ceil(wait)))
+                raise HTTPException(
+                    429, "too many requests for this token", {"Retry-After": seconds}
+                )
+        body = _object_of(await read_body(request))
+        spec = _protocol.OPERATIONS[operation]
+        unknown = sorted(set(body) - spec.fields)
+        if unknown:
+            # user and agent come from the token only: any other field is refused, not ignored
+            raise ValueError(f"{operation} takes no field {', '.join(map(repr, unknown))}")
+        missing = [name for name in spec.required if name not in body]
+        if missing:
+            raise ValueError(f"{operation} needs the field {', '.join(map(repr, missing))}")
+        if _batch_size(operation, body) > max_batch:
+            raise _too_large(f"a batch has at most {max_batch} items")
+        namespace = body.get("namespace", "default")
+        if asynchronous:
+            proxy = store.proxy(scope.user_id, scope.agent_name, namespace)
+            call, to_json = _call(proxy, operation, body)
+            return to_json(await call)
+
+        def run() -> Any:
+            proxy = store.proxy(scope.user_id, scope.agent_name, namespace)
+            call, to_json = _call(proxy, operation, body)
+            return to_json(call)
+
+        return await run_in_threadpool(run)
+
+    def endpoint(operation: str) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            try:
+                result = await serve(request, operation)
+                return Response(_protocol.dumps({"result": result}), media_type="application/json")
+            except Exception as exc:
+                status, body = _protocol.encode_error(exc)
+                if status >= 500:
+                    logger.error("%s failed: %s", operation, exc, exc_info=exc)
+                headers = getattr(exc, "headers", None) if status == 429 else None
+                return Response(
+                    _protocol.dumps(body),
+                    status_code=status,
+                    media_type="application/json",
+                    headers=headers,
+                )
+
+        return handle
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    routes = [
+        Route(f"{_protocol.API_PREFIX}/{name}", endpoint(name), methods=["POST"])
+        for name in _protocol.OPERATIONS
+    ]
+    routes.append(Route(f"{_protocol.API_PREFIX}/openapi.json", openapi, methods=["GET"]))
+    return Starlette(routes=routes)
+
+
+# ----------------------------------------------------------------------------- OpenAPI
+
+_ANY: dict[str, Any] = {"description": "Any JSON value."}
+_NAME = {"type": "string", "minLength": 1}
+_DATE = {"type": "string", "format": "date-time"}
+_INT = {"type": "integer"}
+_FIELDS: dict[str, dict[str, Any]] = {
+    "namespace": {**_NAME, "default": "default"},
+    "key": _NAME,
+    "value": _ANY,
+    "metadata": {"type": "object", "additionalProperties": _ANY},
+    "ttl_ms": {"type": "integer", "minimum": 1},
+    "if_version": {"type": "integer", "minimum": 0},
+    "amount": _INT,
+    "limit": {"type": "integer", "minimum": 1, "maximum": _core.KEY_PAGE_SIZE},
+    "prefix": {"type": "string"},
+    "start_after": {"type": "string"},
+    "keys": {"type": "array", "items": _NAME},
+    "items": {"type": "object", "additionalProperties": _ANY},
+}
+_DETAILS = {
+    "key": {"type": "string"},
+    "metadata": {"type": "object"},
+    "createdAt": _DATE,
+    "updatedAt": _DATE,
+    "version": _INT,
+    "expiresAt": {"oneOf": [_DATE, {"type": "null"}]},
+}
+_ITEM = {
+    "type": "object",
+    "properties": {**_DETAILS, "value": _ANY},
+    "required": [*_DETAILS, "value"],
+}
+_ITEM_INFO = {
+    "type": "object",
+    "properties": {**_DETAILS, "size": _INT},
+    "required": [*_DETAILS, "size"],
+}
+_RESULTS: dict[str, dict[str, Any]] = {
+    "get": {
+        "type": "object",
+        "properties": {"found": {"type": "boolean"}, "value": _ANY},
+        "required": ["found", "value"],
+    },
+    "get_item": {"oneOf": [_ITEM, {"type": "null"}]},
+    "set": {"type": "null"},
+    "increment": _INT,
+    "delete": {"type": "boolean"},
+    "list_keys": {"type": "array", "items": {"type": "string"}},
+    "list_items": {"type": "array", "items": _ITEM_INFO},
+    "list_namespaces": {"type": "array", "items": {"type": "string"}},
+    "clear": _INT,
+    "get_many": {"type": "object", "additionalProperties": _ANY},
+    "set_many": _INT,
+}
+_SUMMARIES = {
+    "get": "The value under a key (found: false when there is none).",
+    "get_item": "An item with its metadata, timestamps, version and expiry; null if absent.",
+    "set": "Store a value, merging metadata; ttl_ms expires it; if_version compares and sets.",
+    "increment": "Add amount to an integer (0 when absent) and return the new value.",
+    "delete": "Delete a key; true if it existed. if_version deletes only at that version.",
+    "list_keys": "One page of keys, sorted, after start_after.",
+    "list_items": "One page of item details (no values), sorted, after start_after.",
+    "list_namespaces": "The namespaces in which the agent has keys.",
+    "clear": "Delete every key of the namespace; the number deleted.",
+    "get_many": "The values of those keys that exist, in the order asked.",
+    "set_many": "Store several items at once; the number stored.",
+}
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["type", "message"],
+        }
+    },
+    "required": ["error"],
+}
+_ERROR_STATUSES = {
+    "400": "Bad input: error.type is TypeError or ValueError, as a local proxy raises.",
+    "401": "The token is missing, malformed, tampered with or expired.",
+    "409": "if_version did not match: key, expected_version and current_version say why.",
+    "413": "The body or the batch is over the service's limit.",
+    "429": "Over the token's rate limit; Retry-After says when to come back.",
+    "500": "The database refused the operation.",
+    "503": "The database is unavailable; the same call may succeed later.",
+}
+
+
+def _operation_document(name: str) -> dict[str, Any]:
+    spec = _protocol.OPERATIONS[name]
+    body = {
+        "type": "object",
+        "properties": {
+            field: _FIELDS[field] for field in ("namespace", *spec.required, *spec.optional)
+        },
+        "required": list(spec.required),
+        "additionalProperties": False,
+    }
+    result = {"type": "object", "properties": {"result": _RESULTS[name]}, "required": ["result"]}
+    responses: dict[str, Any] = {
+        "200": {"description": "Done.", "content": {"application/json": {"schema": result}}}
+    }
+    for status, description in _ERROR_STATUSES.items():
+        responses[status] = {
+            "description": description,
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+    return {
+        "post": {
+            "operationId": name,
+            "summary": _SUMMARIES[name],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": body}},
+            },
+            "responses": responses,
+            "security": [{"token": []}],
+        }
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the service."""
+    from . import __version__
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "agent-datastore store service",
+            "version": __version__,
+            "description": (
+                "Every operation of a data_store proxy. The user and agent come from the "
+                "bearer token, issued by the runtime with agent_datastore.issue_token."
+            ),
+        },
+        "paths": {
+            f"{_protocol.API_PREFIX}/{name}": _operation_document(name)
+            for name in _protocol.OPERATIONS
+        },
+        "components": {
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+        },
+    }

@@ -1,0 +1,153 @@
+"""The store service on 127.0.0.1 for the tests: a real uvicorn server in a thread, and a
+store facade whose proxies are remote proxies bound to tokens.
+
+One server runs for the whole session; each test mounts the application of its own store
+(``create_app`` of a fresh embedded store) on it, so a test pays for a new store, not a new
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+import agent_datastore
+from agent_datastore import AsyncRemoteDataStoreProxy, RemoteDataStoreProxy, issue_token
+from agent_datastore.server import create_app
+
+from .twins import LoopThread, SyncOverAsyncProxy
+
+SECRET = "a test secret that is long enough for HS256 signing"
+
+
+class Mount:
+    """An ASGI application that forwards to whichever application is mounted now."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return  # nothing to start or stop: stores belong to the tests
+        assert self.app is not None, "no store is mounted"
+        await self.app(scope, receive, send)
+
+
+class ServiceThread:
+    """uvicorn serving ``Mount`` on a free port of 127.0.0.1, in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.mount = Mount()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = uvicorn.Config(
+            self.mount, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test service did not start")
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve()
+
+    def run(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the server's event loop, where an async store behind the
+        service lives, and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+
+
+class RemoteStore:
+    """A store with ``DataStore``'s interface whose proxies are remote proxies talking to
+    ``service``, in front of the embedded store ``backend``. ``collection`` is the backend's,
+    for the tests' own inspection.
+
+    A synchronous ``DataStore`` behind the service is used through ``RemoteDataStoreProxy``;
+    an ``AsyncDataStore`` through ``AsyncRemoteDataStoreProxy``, behind the synchronous
+    interface of ``tests/twins.py``; so both proxies and both ways the service runs a store
+    are tested."""
+
+    def __init__(self, service: ServiceThread, backend: Any, **app_options: Any) -> None:
+        self.service = service
+        self.backend = backend
+        self.asynchronous = isinstance(backend, agent_datastore.AsyncDataStore)
+        self.collection = backend.collection
+        self.app = create_app(backend, SECRET, **app_options)
+        service.mount.app = self.app
+        self._proxies: list[Any] = []
+        self._runner = LoopThread() if self.asynchronous else None
+
+    def token(self, user_id: str, agent_name: str) -> str:
+        return issue_token(SECRET, user_id, agent_name)
+
+    def proxy(self, user_id: str, agent_name: str, namespace: str = "default") -> Any:
+        token = self.token(user_id, agent_name)
+        if self._runner is None:
+            proxy = RemoteDataStoreProxy(self.service.url, token, namespace)
+            self._proxies.append(proxy)
+            return proxy
+        twin = AsyncRemoteDataStoreProxy(self.service.url, token, namespace)
+        self._proxies.append(twin)
+        return SyncOverAsyncProxy(twin, self._runner, self)  # type: ignore[arg-type]
+
+    def ensure_indexes(self) -> None:
+        if self.asynchronous:
+            self.service.run(self.backend.ensure_indexes())
+        else:
+            self.backend.ensure_indexes()
+
+    def now(self) -> Any:
+        return self.backend.now()
+
+    @property
+    def max_value_bytes(self) -> int:
+        return int(self.backend.max_value_bytes)
+
+    def close(self) -> None:
+        self.service.mount.app = None
+        if self._runner is None:
+            for proxy in self._proxies:
+                proxy.close()
+            self.backend.close()
+            return
+        for twin in self._proxies:
+            self._runner.run(twin.aclose())
+        self._runner.stop()
+        self.service.run(self.backend.aclose())
+
+    def __enter__(self) -> RemoteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def remote_store(
+    service: ServiceThread, clock: Any, asynchronous: bool = False, **app_options: Any
+) -> Iterator[RemoteStore]:
+    connect = agent_datastore.connect_async if asynchronous else agent_datastore.connect
+    with RemoteStore(service, connect("mongomock://", clock=clock), **app_options) as store:
+        yield store
