@@ -9,6 +9,7 @@ rejected some lines, or an export skipped documents that are not JSON; 5 interna
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -523,6 +524,96 @@ def ensure_indexes(ctx: click.Context, as_json: bool) -> None:
     """Create the unique and TTL indexes if they are missing."""
     _store(ctx).ensure_indexes()
     _print_json({"index": "ok"}) if as_json else click.echo("unique and TTL indexes present")
+
+
+def _rate_limit(text: str | None) -> tuple[int, float] | None:
+    if text is None:
+        return None
+    requests, _, seconds = text.partition("/")
+    try:
+        return int(requests), float(seconds or "1")
+    except ValueError:
+        raise CommandError(
+            f"--rate-limit must be REQUESTS/SECONDS, such as 100/60, not {text!r}", EXIT_USAGE
+        ) from None
+
+
+@cli.command()
+@click.option(
+    "--uri",
+    envvar="AGENT_DATASTORE_URI",
+    metavar="URI",
+    help="The database to serve (default: the main --uri, $AGENT_DATASTORE_URI, else a new "
+    "in-memory store).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Larger request bodies are answered 413.",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Larger get_many and set_many batches are answered 413.",
+)
+@click.option(
+    "--rate-limit",
+    metavar="REQUESTS/SECONDS",
+    help="Per token, e.g. 100/60; beyond it requests are answered 429. Default: none.",
+)
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    uri: str | None,
+    host: str,
+    port: int,
+    max_body_bytes: int,
+    max_batch: int,
+    rate_limit: str | None,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+) -> None:
+    """Serve the store over HTTP to remote proxies (the server extra).
+
+    Each request must carry a token from agent_datastore.issue_token, signed with the secret
+    in $AGENT_DATASTORE_SECRET (at least 32 bytes). See docs/remote.md.
+    """
+    secret = os.environ.get("AGENT_DATASTORE_SECRET")
+    if not secret:
+        raise CommandError(
+            "set AGENT_DATASTORE_SECRET to the secret the runtime signs tokens with", EXIT_USAGE
+        )
+    uri = uri or ctx.ensure_object(dict).get("uri")
+    if not uri:
+        click.echo(
+            "agent-datastore: no --uri or AGENT_DATASTORE_URI: serving a new in-memory store; "
+            "nothing persists",
+            err=True,
+        )
+        uri = "mongomock://"
+    try:
+        from .server import serve as run_service
+    except ImportError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    run_service(
+        uri,
+        secret,
+        host=host,
+        port=port,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+        rate_limit=_rate_limit(rate_limit),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

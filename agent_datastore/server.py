@@ -39,7 +39,7 @@ from ._items import Item, ItemInfo
 from ._store import DataStore
 from ._tokens import _secret_bytes, verify_token
 
-__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_BODY_BYTES", "create_app", "serve"]
 
 # A value may be up to 16 MiB of BSON, which is at most about as much JSON for typical data.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -286,6 +286,53 @@ def create_app(
     ]
     routes.append(Route(f"{_protocol.API_PREFIX}/openapi.json", openapi, methods=["GET"]))
     return Starlette(routes=routes)
+
+
+# Longer than a client's own keep-alive (httpx: 5 s), so that a client never sends a request on
+# a connection the service is closing, which a write could not safely retry.
+KEEP_ALIVE_SECONDS = 75
+
+
+def serve(
+    uri: str,
+    secret: str | bytes,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    **app_options: Any,
+) -> None:
+    """Run the service with uvicorn until it is stopped (Ctrl-C or SIGTERM): open a store on
+    ``uri``, serve it with ``create_app(store, secret, **app_options)``, close it at the end.
+    With ``ssl_certfile`` and ``ssl_keyfile`` the service speaks HTTPS."""
+    import asyncio
+
+    import uvicorn
+
+    from ._async import connect_async
+
+    _secret_bytes(secret)  # a bad secret stops here, before anything is opened
+
+    async def run() -> None:
+        store = connect_async(uri)
+        try:
+            app = create_app(store, secret, **app_options)
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                lifespan="off",
+                log_level="info",
+            )
+            await uvicorn.Server(config).serve()
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
 
 
 # ----------------------------------------------------------------------------- OpenAPI
