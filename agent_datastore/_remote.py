@@ -66,15 +66,17 @@ class _Service:
         self.client = client
         self.owned = owned
 
-    def attempts(self, request: Request) -> int:
-        """A read is sent once more after a broken connection; a write only when the
-        connection could not even be opened (then nothing reached the service)."""
-        return 2 if request.idempotent else 1
+    # One more attempt at most, and only where it is safe: see ``failure``.
+    ATTEMPTS = (0, 1)
 
     def failure(
         self, exc: Exception, request: Request, attempt: int
     ) -> DataStoreUnavailable | None:
-        """``None`` when a transport error allows one more attempt, else the error to raise."""
+        """``None`` when a transport error allows one more attempt, else the error to raise.
+
+        A read is sent once more after a broken connection; a write only when the connection
+        could not even be opened, so that nothing reached the service. A timeout is never
+        retried: the caller's timeout bounds the call."""
         httpx = _httpx()
         if isinstance(exc, httpx.TimeoutException):
             return DataStoreUnavailable(
@@ -171,7 +173,7 @@ class RemoteDataStoreProxy(_RemoteBase):
     def _send(self, request: Request) -> Any:
         service = self._service
         content = _protocol.dumps(request.body)
-        for attempt in range(service.attempts(request)):
+        for attempt in service.ATTEMPTS:
             try:
                 response = service.client.post(
                     request.path, content=content, headers=service.headers
@@ -341,7 +343,7 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
     async def _send(self, request: Request) -> Any:
         service = self._service
         content = _protocol.dumps(request.body)
-        for attempt in range(service.attempts(request)):
+        for attempt in service.ATTEMPTS:
             try:
                 response = await service.client.post(
                     request.path, content=content, headers=service.headers

@@ -1,14 +1,15 @@
 """The store service on 127.0.0.1 for the tests: a real uvicorn server in a thread, and a
 store facade whose proxies are remote proxies bound to tokens.
 
-One server runs for the whole session; each test mounts the application of its own store
-(``create_app`` of a fresh embedded store) on it, so a test pays for a new store, not a new
-server.
+One server runs for the whole session; each store's application (``create_app`` of a fresh
+embedded store) is mounted on it under a path of its own, so a test pays for a new store, not
+a new server, and stores of different scopes (a module's, a test's) never meet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -27,16 +28,25 @@ SECRET = "a test secret that is long enough for HS256 signing"
 
 
 class Mount:
-    """An ASGI application that forwards to whichever application is mounted now."""
+    """An ASGI application that forwards ``/<name>/...`` to the application mounted as
+    ``name``, as ``/...``."""
 
     def __init__(self) -> None:
-        self.app: Any = None
+        self.apps: dict[str, Any] = {}
+        self._names = itertools.count()
+
+    def add(self, app: Any) -> str:
+        name = f"store-{next(self._names)}"
+        self.apps[name] = app
+        return name
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             return  # nothing to start or stop: stores belong to the tests
-        assert self.app is not None, "no store is mounted"
-        await self.app(scope, receive, send)
+        name, _, rest = scope["path"].lstrip("/").partition("/")
+        app = self.apps[name]
+        path = "/" + rest
+        await app({**scope, "path": path, "raw_path": path.encode()}, receive, send)
 
 
 class ServiceThread:
@@ -75,6 +85,13 @@ class ServiceThread:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def mount_app(self, app: Any) -> str:
+        """Serve ``app`` until ``unmount``; the URL a remote proxy uses to reach it."""
+        return f"{self.url}/{self.mount.add(app)}"
+
+    def unmount(self, url: str) -> None:
+        del self.mount.apps[url.rsplit("/", 1)[1]]
+
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(10)
@@ -96,7 +113,7 @@ class RemoteStore:
         self.asynchronous = isinstance(backend, agent_datastore.AsyncDataStore)
         self.collection = backend.collection
         self.app = create_app(backend, SECRET, **app_options)
-        service.mount.app = self.app
+        self.url = service.mount_app(self.app)
         self._proxies: list[Any] = []
         self._runner = LoopThread() if self.asynchronous else None
 
@@ -106,10 +123,10 @@ class RemoteStore:
     def proxy(self, user_id: str, agent_name: str, namespace: str = "default") -> Any:
         token = self.token(user_id, agent_name)
         if self._runner is None:
-            proxy = RemoteDataStoreProxy(self.service.url, token, namespace)
+            proxy = RemoteDataStoreProxy(self.url, token, namespace)
             self._proxies.append(proxy)
             return proxy
-        twin = AsyncRemoteDataStoreProxy(self.service.url, token, namespace)
+        twin = AsyncRemoteDataStoreProxy(self.url, token, namespace)
         self._proxies.append(twin)
         return SyncOverAsyncProxy(twin, self._runner, self)  # type: ignore[arg-type]
 
@@ -127,7 +144,7 @@ class RemoteStore:
         return int(self.backend.max_value_bytes)
 
     def close(self) -> None:
-        self.service.mount.app = None
+        self.service.unmount(self.url)
         if self._runner is None:
             for proxy in self._proxies:
                 proxy.close()

@@ -14,16 +14,20 @@ def test_all_is_exactly_the_public_surface() -> None:
         "AgentDataStoreProxy",
         "AsyncAgentDataStoreProxy",
         "AsyncDataStore",
+        "AsyncRemoteDataStoreProxy",
         "DataStore",
         "DataStoreError",
         "DataStoreUnavailable",
         "HTTPException",
         "Item",
         "ItemInfo",
+        "RemoteDataStoreProxy",
+        "TokenRejected",
         "VersionConflict",
         "__version__",
         "connect",
         "connect_async",
+        "issue_token",
     ]
     for name in agent_datastore.__all__:
         assert getattr(agent_datastore, name) is not None
@@ -39,12 +43,13 @@ def test_package_is_typed() -> None:
     assert resources.files("agent_datastore").joinpath("py.typed").is_file()
 
 
-def test_importing_the_package_loads_no_cli_demo_or_fake() -> None:
+def test_importing_the_package_loads_no_cli_demo_fake_server_or_http_client() -> None:
     script = (
         "import sys, agent_datastore\n"
         "loaded = [m for m in ('agent_datastore.cli', 'agent_datastore.demo', 'argparse',"
         " 'mongomock_ng', 'mongomock', 'hypothesis', 'pytest', 'click',"
-        " 'agent_datastore.admin') if m in sys.modules]\n"
+        " 'agent_datastore.admin', 'agent_datastore.server', 'uvicorn', 'httpx', 'jwt')"
+        " if m in sys.modules]\n"
         "print(loaded)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -44,9 +44,9 @@ def remote(service: ServiceThread) -> Iterator[RemoteStore]:
         yield store
 
 
-def _post(service: ServiceThread, operation: str, body: Any, token: str | None) -> httpx.Response:
+def _post(url: str, operation: str, body: Any, token: str | None) -> httpx.Response:
     headers = {} if token is None else {"authorization": f"Bearer {token}"}
-    return httpx.post(f"{service.url}/v1/{operation}", json=body, headers=headers)
+    return httpx.post(f"{url}/v1/{operation}", json=body, headers=headers)
 
 
 def _claims(**changes: Any) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def test_a_bad_token_is_refused_and_reaches_no_data(
     remote: RemoteStore, make_token: Any, operation: str, body: dict[str, Any]
 ) -> None:
     before = snapshot(remote.backend)
-    response = _post(remote.service, operation, body, make_token())
+    response = _post(remote.url, operation, body, make_token())
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "TokenRejected"
     assert "user-1's" not in response.text
@@ -123,14 +123,14 @@ def test_a_bad_token_is_refused_and_reaches_no_data(
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer ..", "Basic dXNlcjpwYXNz", "token"])
 def test_a_request_without_a_bearer_token_is_refused(remote: RemoteStore, header: str) -> None:
     response = httpx.post(
-        f"{remote.service.url}/v1/get", json={"key": "k"}, headers={"authorization": header}
+        f"{remote.url}/v1/get", json={"key": "k"}, headers={"authorization": header}
     )
     assert response.status_code == 401
     assert "user-1's" not in response.text
 
 
 def test_the_remote_proxy_raises_token_rejected_for_a_refused_token(remote: RemoteStore) -> None:
-    proxy = RemoteDataStoreProxy(remote.service.url, BAD_TOKENS["expired"]())
+    proxy = RemoteDataStoreProxy(remote.url, BAD_TOKENS["expired"]())
     with proxy, pytest.raises(TokenRejected) as raised:
         proxy.get("k")
     assert raised.value.status_code == 401
@@ -170,7 +170,7 @@ def test_no_request_field_can_name_another_scope(
 ) -> None:
     before = snapshot(remote.backend)
     token = remote.token("user-2", "agent-a")
-    response = _post(remote.service, operation, {**body, **extra}, token)
+    response = _post(remote.url, operation, {**body, **extra}, token)
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "ValueError"
     assert "user-1's" not in response.text
@@ -195,7 +195,7 @@ def test_query_operators_in_a_body_are_refused_as_bad_input(
     remote: RemoteStore, operation: str, body: dict[str, Any]
 ) -> None:
     before = snapshot(remote.backend)
-    response = _post(remote.service, operation, body, remote.token("user-2", "agent-a"))
+    response = _post(remote.url, operation, body, remote.token("user-2", "agent-a"))
     assert response.status_code == 400
     assert response.json()["error"]["type"] in ("TypeError", "ValueError")
     assert snapshot(remote.backend) == before
@@ -205,7 +205,7 @@ def test_a_body_that_is_not_a_json_object_is_refused(remote: RemoteStore) -> Non
     token = remote.token("user-1", "agent-a")
     headers = {"authorization": f"Bearer {token}"}
     for content in [b"", b"[]", b'"k"', b"{", b"\xff\xfe", b"[" * 100_000]:
-        response = httpx.post(f"{remote.service.url}/v1/get", content=content, headers=headers)
+        response = httpx.post(f"{remote.url}/v1/get", content=content, headers=headers)
         assert response.status_code == 400, content[:10]
 
 
@@ -221,19 +221,19 @@ def test_the_service_never_tells_a_client_the_databases_own_words(
         code=13,
     )
     store = DataStore(FailingCollection(refusal), ensure_indexes=False)
-    service.mount.app = _app_over(store)
+    url = service.mount_app(_app_over(store))
     token = issue_token(SECRET, "user-1", "agent-a")
     try:
         for operation, body in READS_AND_WRITES:
-            response = _post(service, operation, body, token)
+            response = _post(url, operation, body, token)
             assert response.status_code == 500, operation
             assert response.json()["error"]["type"] == "DataStoreError"
             for word in ("hunter2", "admin", "tenants_db", "not authorized", "find"):
                 assert word not in response.text, (operation, word)
-        with RemoteDataStoreProxy(service.url, token) as proxy, pytest.raises(DataStoreError):
+        with RemoteDataStoreProxy(url, token) as proxy, pytest.raises(DataStoreError):
             proxy.get("k")
     finally:
-        service.mount.app = None
+        service.unmount(url)
 
 
 def test_an_unreachable_database_is_a_503_without_its_address_or_credentials(
@@ -241,19 +241,19 @@ def test_an_unreachable_database_is_a_503_without_its_address_or_credentials(
 ) -> None:
     uri = "mongodb://admin:hunter2@127.0.0.1:9/?serverSelectionTimeoutMS=100&directConnection=true"
     with agent_datastore.connect(uri, ensure_indexes=False) as store:
-        service.mount.app = _app_over(store)
+        url = service.mount_app(_app_over(store))
         token = issue_token(SECRET, "user-1", "agent-a")
         try:
-            response = _post(service, "get", {"key": "k"}, token)
+            response = _post(url, "get", {"key": "k"}, token)
             assert response.status_code == 503
             assert response.json()["error"]["type"] == "DataStoreUnavailable"
             for word in ("hunter2", "admin", "127.0.0.1:9", "9"):
                 assert word not in response.text, word
-            proxy = RemoteDataStoreProxy(service.url, token)
+            proxy = RemoteDataStoreProxy(url, token)
             with proxy, pytest.raises(DataStoreUnavailable):
                 proxy.set("k", 1)
         finally:
-            service.mount.app = None
+            service.unmount(url)
 
 
 def test_a_token_names_its_scope_but_does_not_carry_the_secret() -> None:

@@ -18,6 +18,7 @@ import agent_datastore
 from agent_datastore import AgentDataStoreProxy, DataStore, _codec
 
 from .helpers import documents
+from .service import remote_store
 
 AWKWARD_NAMES = ["", ".", "a.b", "$x", "$", "$$", "$set", "\x00", "a\x00b", "__ads__", "_id", "é.$"]
 
@@ -65,11 +66,15 @@ def bson_depth(value: Any) -> int:
     return 0
 
 
-@pytest.fixture(scope="module")
-def shared_store() -> Any:
-    # hypothesis runs many examples per test: one embedded store per module keeps it fast
-    with agent_datastore.connect("mongomock://") as store:
-        yield store
+@pytest.fixture(scope="module", params=["embedded", "remote"])
+def shared_store(request: pytest.FixtureRequest) -> Any:
+    """One store per module, as hypothesis runs many examples per test: the embedded one,
+    and the same behind the store service, so that every value also crosses the wire."""
+    if request.param == "embedded":
+        with agent_datastore.connect("mongomock://") as store:
+            yield store
+    else:
+        yield from remote_store(request.getfixturevalue("service"), clock=None)
 
 
 @given(value=json_values)
