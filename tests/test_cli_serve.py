@@ -1,0 +1,103 @@
+"""``agent-datastore serve``: the installed command serves remote proxies, and refuses to
+start without a proper secret."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_datastore import RemoteDataStoreProxy, TokenRejected, issue_token
+
+SECRET = "the secret of the serve command's test, 32+ bytes"
+
+
+def _command() -> str:
+    script = shutil.which("agent-datastore", path=str(Path(sys.executable).parent))
+    assert script is not None
+    return script
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the service did not start listening")
+
+
+def test_serve_answers_remote_proxies_and_stops_on_sigint() -> None:
+    port = _free_port()
+    environment = {**os.environ, "AGENT_DATASTORE_SECRET": SECRET}
+    environment.pop("AGENT_DATASTORE_URI", None)
+    process = subprocess.Popen(
+        [_command(), "serve", "--port", str(port), "--max-batch", "2"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(port, process)
+        url = f"http://127.0.0.1:{port}"
+        with RemoteDataStoreProxy(url, issue_token(SECRET, "user-1", "agent-a")) as proxy:
+            proxy.set("k", {"v": 2**70})
+            assert proxy.get("k") == {"v": 2**70}
+            with pytest.raises(Exception, match="at most 2 items") as raised:
+                proxy.get_many(["a", "b", "c"])
+            assert getattr(raised.value, "status_code", None) == 413
+        forged = issue_token("not the service's secret, but long enough", "user-1", "agent-a")
+        with RemoteDataStoreProxy(url, forged) as proxy, pytest.raises(TokenRejected):
+            proxy.get("k")
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+    # uvicorn finishes the requests in flight, then lets the signal end the process: 130 is
+    # the command's documented code for Ctrl-C
+    assert process.returncode == 130, errors
+    assert "Shutting down" in errors
+    assert "serving a new in-memory store" in errors
+
+
+@pytest.mark.parametrize(
+    ("secret", "options", "message"),
+    [
+        (None, [], "set AGENT_DATASTORE_SECRET"),
+        ("short", [], "at least 32 bytes"),
+        (SECRET, ["--rate-limit", "lots"], "REQUESTS/SECONDS"),
+        (SECRET, ["--rate-limit", "0/1"], "positive number of requests"),
+    ],
+)
+def test_serve_refuses_to_start_without_a_proper_configuration(
+    secret: str | None, options: list[str], message: str
+) -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "AGENT_DATASTORE_SECRET"}
+    if secret is not None:
+        environment["AGENT_DATASTORE_SECRET"] = secret
+    result = subprocess.run(
+        [_command(), "serve", "--port", str(_free_port()), *options],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
