@@ -89,16 +89,23 @@ class _Service:
 
 
 def _new_service(
-    url: object, token: object, timeout: object, http_client: Any, asynchronous: bool
+    url: object,
+    token: object,
+    namespace: object,
+    timeout: object,
+    http_client: Any,
+    asynchronous: bool,
 ) -> tuple[_Service, _core.Scope]:
+    """Check every argument, then make the HTTP client (if the caller gave none)."""
     user_id, agent_name = read_token(token)
     assert isinstance(token, str)
+    scope = _core.Scope.of(user_id, agent_name, namespace)
     service = _Service(url, token, timeout, http_client, owned=http_client is None)
     if http_client is None:
         httpx = _httpx()
         kind = httpx.AsyncClient if asynchronous else httpx.Client
-        service.client = kind(base_url=service.url, timeout=service.timeout)
-    return service, _core.Scope.of(user_id, agent_name, "default")
+        service.client = kind(timeout=service.timeout)
+    return service, scope
 
 
 class _RemoteBase:
@@ -146,9 +153,9 @@ class RemoteDataStoreProxy(_RemoteBase):
     refused token raises ``TokenRejected``. Reads are sent once more after a broken
     connection; writes only when the connection could not be opened.
 
-    Pass ``http_client`` (an ``httpx.Client`` with the service's ``base_url``) to share one, or
-    to configure TLS or proxies; otherwise the proxy makes its own, which ``close()`` (or the
-    ``with`` block) closes. Proxies from ``use_namespace`` share it. Thread-safe.
+    Pass ``http_client`` (an ``httpx.Client``) to share one, or to configure TLS or proxies;
+    the caller closes it. Otherwise the proxy makes its own, which ``close()`` (or the ``with``
+    block) closes. Proxies from ``use_namespace`` share it. Thread-safe.
     """
 
     __slots__ = ()
@@ -162,13 +169,9 @@ class RemoteDataStoreProxy(_RemoteBase):
         timeout: float = DEFAULT_TIMEOUT,
         http_client: httpx.Client | None = None,
     ) -> None:
-        service, scope = _new_service(url, token, timeout, http_client, asynchronous=False)
-        self._service = service
-        try:
-            self._scope = _core.Scope.of(scope.user_id, scope.agent_name, namespace)
-        except BaseException:
-            self.close()
-            raise
+        self._service, self._scope = _new_service(
+            url, token, namespace, timeout, http_client, asynchronous=False
+        )
 
     def _send(self, request: Request) -> Any:
         service = self._service
@@ -176,7 +179,7 @@ class RemoteDataStoreProxy(_RemoteBase):
         for attempt in service.ATTEMPTS:
             try:
                 response = service.client.post(
-                    request.path, content=content, headers=service.headers
+                    service.url + request.path, content=content, headers=service.headers
                 )
             except _httpx().TransportError as exc:
                 failure = service.failure(exc, request, attempt)
@@ -336,9 +339,9 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
         timeout: float = DEFAULT_TIMEOUT,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        service, scope = _new_service(url, token, timeout, http_client, asynchronous=True)
-        self._service = service
-        self._scope = _core.Scope.of(scope.user_id, scope.agent_name, namespace)
+        self._service, self._scope = _new_service(
+            url, token, namespace, timeout, http_client, asynchronous=True
+        )
 
     async def _send(self, request: Request) -> Any:
         service = self._service
@@ -346,7 +349,7 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
         for attempt in service.ATTEMPTS:
             try:
                 response = await service.client.post(
-                    request.path, content=content, headers=service.headers
+                    service.url + request.path, content=content, headers=service.headers
                 )
             except _httpx().TransportError as exc:
                 failure = service.failure(exc, request, attempt)
