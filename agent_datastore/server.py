@@ -240,6 +240,11 @@ def create_app(
         if unknown:
             # user and agent come from the token only: any other field is refused, not ignored
             raise ValueError(f"{operation} takes no field {', '.join(map(repr, unknown))}")
+        # null is a value only as a value: elsewhere it would silently mean "absent" (a
+        # listing without its limit would answer the whole namespace at once)
+        nulls = sorted(name for name, value in body.items() if value is None and name != "value")
+        if nulls:
+            raise TypeError(f"{operation}: {', '.join(map(repr, nulls))} must not be null")
         missing = [name for name in spec.required if name not in body]
         if missing:
             raise ValueError(f"{operation} needs the field {', '.join(map(repr, missing))}")
@@ -353,7 +358,7 @@ _FIELDS: dict[str, dict[str, Any]] = {
     "prefix": {"type": "string"},
     "start_after": {"type": "string"},
     "keys": {"type": "array", "items": _NAME},
-    "items": {"type": "object", "additionalProperties": _ANY},
+    "items": {"type": "object", "propertyNames": {"minLength": 1}, "additionalProperties": _ANY},
 }
 _DETAILS = {
     "key": {"type": "string"},

@@ -1,0 +1,80 @@
+"""The bounded load test of the store service (scripts/remote_load_test.py), at a tiny size:
+it starts the service, stops by itself, fails no request and loses no write. Its timings are
+reported, not asserted: they depend on the machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "remote_load_test.py"
+
+
+def _script() -> ModuleType:
+    name = "remote_load_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SCRIPT)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        # its dataclasses look their module up while they are made
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+def test_a_small_load_loses_no_write(capsys: pytest.CaptureFixture[str]) -> None:
+    status = _script().main(["--clients", "4", "--requests", "16", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["error_samples"] == []
+    assert report["errors"] == 0
+    assert report["writes_lost"] == 0
+    assert report["unexpected_keys"] == 0
+    assert report["requests"] == 4 * 16
+    # 2 sets, 1 increment of its own counter and 2 of the shared one in every 8 requests
+    assert report["writes_checked"] == 4 * 16 * 5 // 8
+    assert report["ok"] is True
+    assert status == 0
+
+
+def test_the_report_says_what_the_docs_quote(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _script().main(["--clients", "2", "--requests", "8"]) == 0
+    text = capsys.readouterr().out
+    for line in (
+        "clients:",
+        "requests:",
+        "errors: 0",
+        "throughput:",
+        "p99",
+        "writes lost: 0",
+    ):
+        assert line in text
+
+
+def test_a_lost_write_is_reported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = _script()
+    step = script._step
+
+    def forgetful(client: Any, proxy: Any, index: int) -> str | None:
+        if client.index == 0 and index == 0:
+            client.written["c0-never-sent"] = "lost"  # recorded as written, never sent
+            return None
+        return step(client, proxy, index)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(script, "_step", forgetful)
+    assert script.main(["--clients", "2", "--requests", "8", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["writes_lost"] == 1
+    assert report["ok"] is False
