@@ -18,7 +18,7 @@ before anything is sent; the server's half checks them again, because a client c
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -336,20 +336,28 @@ def result_of(status: int, content: bytes, headers: Mapping[str, str] | None = N
     raise decode_error(status, document, headers)
 
 
-def listing_arguments(
-    prefix: object, limit: object, start_after: object
-) -> tuple[str | None, int, str | None]:
-    """A listing's arguments, checked as the local proxy checks them; a limit of 0 is none."""
-    return (
-        _core.check_prefix(prefix),
-        _core.check_limit(limit),
-        _core.check_prefix(start_after, "start_after"),
-    )
+Listing = Generator[Request, list[Any], list[Any]]
 
 
-def page_size(limit: int, collected: int) -> int:
-    """How many results the next page asks for, when ``collected`` are in hand already."""
-    # The service returns at most a page (1,000) per request, so that no request makes it
-    # hold an unbounded answer; longer listings are paged by the client.
-    page = _core.KEY_PAGE_SIZE
-    return min(page, limit - collected) if limit else page
+def listing(
+    scope: _core.Scope, operation: str, prefix: object, limit: object, start_after: object
+) -> Listing:
+    """A ``list_keys`` or ``list_items`` call as the requests it needs: each page's request is
+    yielded, its page sent back in, and all the results are returned at the end.
+
+    The service returns at most ``KEY_PAGE_SIZE`` (1,000) results per request, so that no
+    request makes it hold an unbounded answer; a longer listing goes on after the last key
+    seen. The arguments are checked, as the local proxy checks them, before the first request.
+    """
+    checked_prefix = _core.check_prefix(prefix)
+    checked_limit = _core.check_limit(limit)  # 0: no limit
+    start = _core.check_prefix(start_after, "start_after")
+    results: list[Any] = []
+    while True:
+        remaining = checked_limit - len(results) if checked_limit else _core.KEY_PAGE_SIZE
+        size = min(_core.KEY_PAGE_SIZE, remaining)
+        page = yield listing_request(scope, operation, checked_prefix, size, start)
+        results.extend(page)
+        if len(page) < size or len(results) == checked_limit:
+            return results
+        start = page[-1] if operation == "list_keys" else page[-1]["key"]

@@ -222,18 +222,13 @@ class RemoteDataStoreProxy(_RemoteBase):
     def _listing(
         self, operation: str, prefix: object, limit: object, start_after: object
     ) -> list[Any]:
-        checked_prefix, checked_limit, start = _protocol.listing_arguments(
-            prefix, limit, start_after
-        )
-        results: list[Any] = []
+        pages = _protocol.listing(self._scope, operation, prefix, limit, start_after)
+        request = next(pages)
         while True:
-            size = _protocol.page_size(checked_limit, len(results))
-            request = _protocol.listing_request(self._scope, operation, checked_prefix, size, start)
-            page = self._send(request)
-            results.extend(page)
-            if len(page) < size or len(results) == checked_limit:
-                return results
-            start = page[-1] if operation == "list_keys" else page[-1]["key"]
+            try:
+                request = pages.send(self._send(request))
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
     def list_keys(
         self,
@@ -389,18 +384,13 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
     async def _listing(
         self, operation: str, prefix: object, limit: object, start_after: object
     ) -> list[Any]:
-        checked_prefix, checked_limit, start = _protocol.listing_arguments(
-            prefix, limit, start_after
-        )
-        results: list[Any] = []
+        pages = _protocol.listing(self._scope, operation, prefix, limit, start_after)
+        request = next(pages)
         while True:
-            size = _protocol.page_size(checked_limit, len(results))
-            request = _protocol.listing_request(self._scope, operation, checked_prefix, size, start)
-            page = await self._send(request)
-            results.extend(page)
-            if len(page) < size or len(results) == checked_limit:
-                return results
-            start = page[-1] if operation == "list_keys" else page[-1]["key"]
+            try:
+                request = pages.send(await self._send(request))
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
     async def list_keys(
         self,
