@@ -353,6 +353,9 @@ def decode(stored: Any) -> Any:
                 stored[name] = decode(item)
         return stored
     if kind is list:
+        # one pass at C speed finds most lists (of scalars) with nothing to decode in them
+        if _NEEDS_DECODING.isdisjoint(map(type, stored)):
+            return stored
         for index, item in enumerate(stored):
             if type(item) in _NEEDS_DECODING:
                 stored[index] = decode(item)

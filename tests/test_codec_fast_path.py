@@ -1,5 +1,5 @@
-"""The codec's fast path for plain values gives exactly what the general path gives (the same
-stored value, container types and BSON size), and never changes an error: whatever it does
+"""The fast paths for plain values and keys give exactly what the general path gives (the same
+stored value, container types and BSON size), and never change an error: whatever they do
 not take, the general path encodes or refuses as before."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import bson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_datastore import _codec
+from agent_datastore import _codec, _core
 
 names = st.one_of(
     st.text(max_size=6),
@@ -91,3 +91,30 @@ def test_values_too_deep_for_the_fast_path_still_become_json_text() -> None:
         deep = [deep]
     stored, _ = _codec.encode(deep, 2)
     assert _codec.decode(stored) == deep
+
+
+key_lists = st.lists(
+    st.one_of(
+        st.text(max_size=5),
+        st.sampled_from(["k", "k", "", "\ud800", "é", "x" * 1024, "x" * 1025, "é" * 600]),
+        st.sampled_from([None, 1, b"k", ["k"]]),
+    ),
+    max_size=6,
+)
+
+
+def _keys_outcome(keys: Any) -> Any:
+    try:
+        return ("ok", _core.check_keys(keys))
+    except (TypeError, ValueError) as exc:
+        return ("error", type(exc), str(exc))
+
+
+@settings(max_examples=400)
+@given(keys=key_lists, as_tuple=st.booleans())
+def test_the_fast_key_check_gives_what_the_key_by_key_check_gives(
+    keys: list[Any], as_tuple: bool
+) -> None:
+    given_keys = tuple(keys) if as_tuple else keys
+    # the key-by-key check is what check_keys does for any other iterable
+    assert _keys_outcome(given_keys) == _keys_outcome(iter(keys))
