@@ -75,7 +75,12 @@ ITEM_INFO_PROJECTION: dict[str, Any] = {
 }
 
 
-def _details(document: Mapping[str, Any]) -> dict[str, Any]:
+_Details = tuple[str, dict[str, Any], datetime, datetime, int, "datetime | None"]
+
+
+def _details(document: Mapping[str, Any]) -> _Details:
+    """key, metadata, createdAt, updatedAt, version and expiresAt, in the fields' order (a
+    tuple, passed on by position: a dict and keyword arguments cost more, on every call)."""
     key = document.get("key")
     try:
         created, updated = document["createdAt"], document["updatedAt"]
@@ -86,22 +91,24 @@ def _details(document: Mapping[str, Any]) -> dict[str, Any]:
         metadata = document.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             raise ValueError("metadata is not a document")
-        return {
-            "key": key,
-            "metadata": {name: _codec.decode(value) for name, value in metadata.items()},
-            "createdAt": created.astimezone(timezone.utc),
-            "updatedAt": updated.astimezone(timezone.utc),
-            "version": _core.version_of(document),
-            "expiresAt": expires,
-        }
+        return (
+            key,  # type: ignore[return-value]
+            {name: _codec.decode(value) for name, value in metadata.items()},
+            created.astimezone(timezone.utc),
+            updated.astimezone(timezone.utc),
+            _core.version_of(document),
+            expires,
+        )
     except (KeyError, ValueError) as exc:
         # imported from another source or edited by hand: `agent-datastore doctor` finds these
         raise DataStoreError(f"item {key!r} has a malformed document ({exc})") from None
 
 
 def item_from_document(document: Mapping[str, Any]) -> Item:
-    return Item(value=_codec.decode(document.get("value")), **_details(document))
+    value = _codec.decode(document.get("value"))  # first, as ever: its errors come first
+    key, metadata, created, updated, version, expires = _details(document)
+    return Item(key, value, metadata, created, updated, version, expires)
 
 
 def item_info_from_document(document: Mapping[str, Any]) -> ItemInfo:
-    return ItemInfo(size=int(document["size"]), **_details(document))
+    return ItemInfo(*_details(document), int(document["size"]))

@@ -14,10 +14,11 @@ The rules the operations apply (limits, filters, the update pipelines) are in ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeVar
 
 from bson.errors import InvalidBSON, InvalidDocument
 from pymongo import ReturnDocument, UpdateOne
@@ -59,22 +60,24 @@ _DUPLICATE_KEY = 11000
 _INDEX_CONFLICTS = frozenset({85, 86})
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+# Command and Settings are named tuples rather than frozen dataclasses: one of each is made
+# on every call, and a named tuple is made in a third of the time. Both are immutable.
+
+
+class Command(NamedTuple):
     """One call of a collection method. ``keys`` names the items it writes, so an error can
     say which one it was about. A ``find`` is answered with the list of its documents."""
 
     method: str
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = MappingProxyType({})
     keys: tuple[str, ...] = ()
 
 
 Operation = Generator[Command, Any, T]
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(NamedTuple):
     """What an operation needs of its store: its time and its value size limit."""
 
     now: datetime
@@ -112,19 +115,29 @@ class Step:
 
 def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
     """Run ``operation`` with the pymongo ``Collection``-like object that ``collection()``
-    returns for each command."""
-    step = Step(operation)
+    returns for each command.
+
+    ``Step.advance`` written out in the loop: this runs on every call, and most operations
+    are one command, for which a ``Step`` object and its method calls were a measurable part
+    of the whole cost. ``run_async`` still uses ``Step``; the two must stay equivalent.
+    """
+    reply: Any = None
+    failure: BaseException | None = None
+    keys: tuple[str, ...] = ()
     while True:
-        step.advance()
-        if step.done:
-            return step.result  # type: ignore[no-any-return]
-        command = step.command
-        assert command is not None
+        try:
+            command = operation.send(reply) if failure is None else operation.throw(failure)
+        except StopIteration as finished:
+            return finished.value  # type: ignore[no-any-return]
+        except DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
+            raise translate(exc, keys) from exc
+        keys, failure = command.keys, None
         try:
             reply = getattr(collection(), command.method)(*command.args, **command.kwargs)
-            step.reply = list(reply) if command.method == "find" else reply
+            if command.method == "find":
+                reply = list(reply)
         except DRIVER_ERRORS as exc:
-            step.failure = exc
+            reply, failure = None, exc
 
 
 # -------------------------------------------------------------------------------- indexes

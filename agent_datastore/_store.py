@@ -172,6 +172,8 @@ class DataStore(StoreBase):
         when the server is away, they all fail together after one timeout, not one timeout
         after another. The next call after a failure tries again.
         """
+        if self._indexes_ready and not self._closed:
+            return self._target  # every call but the first: the short way
         self._check_open()
         if not self._indexes_ready:
             finished_before = self._index_attempts

@@ -5,7 +5,7 @@ the handshake (``OP_QUERY`` or ``OP_MSG``), and ``OP_MSG`` commands, each answer
 canned reply, so that a benchmark measures the client path (driver plus this package) and not
 a database. It runs in a process of its own, so that it does not share the client's
 interpreter lock. What ``find``, ``findAndModify`` and ``distinct`` return is set by a
-``benchConfig`` command.
+``benchConfig`` command; one with a ``namespace`` sets what finds in that namespace return.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class _State:
         self.find_keys: list[str] = []
         self.find_and_modify: dict[str, Any] | None = None
         self.distinct: list[Any] = []
+        # documents (and their keys) that finds in one namespace get instead of ``find``
+        self.datasets: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}
         self.lock = threading.Lock()
 
 
@@ -54,6 +56,12 @@ def _answer(state: _State, command: dict[str, Any], documents: list[dict[str, An
     namespace = f"{command.get('$db')}.{command[name]}"
     if name in ("hello", "isMaster", "ismaster"):
         return {**_HELLO, "localTime": datetime.now(timezone.utc)}
+    if name == "benchConfig" and "namespace" in command:
+        documents = sorted(command.get("find", []), key=lambda d: d.get("key", ""))
+        with state.lock:
+            keys = [document.get("key", "") for document in documents]
+            state.datasets[command["namespace"]] = (documents, keys)
+        return {"ok": 1.0}
     if name == "benchConfig":
         with state.lock:
             state.find = sorted(command.get("find", state.find), key=lambda d: d.get("key", ""))
@@ -65,11 +73,13 @@ def _answer(state: _State, command: dict[str, Any], documents: list[dict[str, An
         # the configured documents, sorted by key, from after a $gt bound, up to the limit:
         # enough for list_keys pages and iter_keys to walk them as on a server
         start = 0
-        key_condition = (command.get("filter") or {}).get("key")
+        query = command.get("filter") or {}
+        documents, keys = state.datasets.get(query.get("namespace"), (state.find, state.find_keys))
+        key_condition = query.get("key")
         if isinstance(key_condition, dict) and "$gt" in key_condition:
-            start = bisect.bisect_right(state.find_keys, key_condition["$gt"])
+            start = bisect.bisect_right(keys, key_condition["$gt"])
         limit = abs(int(command.get("limit", 0) or 0))
-        batch = state.find[start : start + limit] if limit else state.find[start:]
+        batch = documents[start : start + limit] if limit else documents[start:]
         return {"cursor": {"firstBatch": batch, "id": 0, "ns": namespace}, "ok": 1.0}
     if name == "getMore":
         return {"cursor": {"nextBatch": [], "id": 0, "ns": namespace}, "ok": 1.0}

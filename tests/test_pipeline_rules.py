@@ -136,6 +136,39 @@ def test_the_query_and_the_python_rule_agree_on_liveness(before: dict[str, Any] 
     assert filter_applies(_core.live_query(NOW), before) == _core.is_live(before, NOW)
 
 
+def test_the_scope_filters_are_the_namespace_the_key_and_live_query() -> None:
+    """The filters are written out as literals for speed; they must stay exactly (fields and
+    their order, which the command bytes follow) the scope, the key and ``live_query``."""
+    scope = _core.Scope("user", "agent", "space")
+    base = {"userId": "user", "agentName": "agent", "namespace": "space"}
+    live = _core.live_query(NOW)
+    expected = {
+        "item": {**base, "key": "k"},
+        "live item": {**base, "key": "k", **live},
+        "namespace": {**base, **live},
+        "agent": {"userId": "user", "agentName": "agent", **live},
+        "many": {**base, "key": {"$in": ["a", "b"]}, **live},
+    }
+    built = {
+        "item": scope.item_filter("k"),
+        "live item": scope.live_item_filter("k", NOW),
+        "namespace": scope.live_namespace_filter(NOW),
+        "agent": scope.agent_filter(NOW),
+        "many": scope.many_filter(["a", "b"], NOW),
+    }
+    for name, query in built.items():
+        assert list(query.items()) == list(expected[name].items()), name
+
+
+def test_the_clock_reads_whole_milliseconds_in_utc() -> None:
+    before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
+    now = _core.utc_now()
+    after = datetime.now(timezone.utc)
+    assert now.tzinfo is timezone.utc
+    assert now.microsecond % 1000 == 0
+    assert before <= now <= after
+
+
 # ------------------------------------------------- the evaluator, against MongoDB's manual
 
 
