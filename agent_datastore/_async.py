@@ -19,6 +19,7 @@ from pymongo.collection import Collection
 
 from . import _core, _embedded
 from . import _operations as ops
+from ._exceptions import translate
 from ._items import Item, ItemInfo
 from ._store import DEFAULT_COLLECTION, ProxyBase, StoreBase, open_client
 
@@ -30,21 +31,25 @@ T = TypeVar("T")
 async def run_async(operation: ops.Operation[T], collection: Any) -> T:
     """``_operations.run_sync`` for an ``AsyncCollection``-like object: each command awaited,
     a ``find`` drained with ``to_list``."""
-    step = ops.Step(operation)
+    reply: Any = None
+    failure: BaseException | None = None
+    keys: tuple[str, ...] = ()
     while True:
-        step.advance()
-        if step.done:
-            return step.result  # type: ignore[no-any-return]
-        command = step.command
-        assert command is not None
+        try:
+            command = operation.send(reply) if failure is None else operation.throw(failure)
+        except StopIteration as finished:
+            return finished.value  # type: ignore[no-any-return]
+        except ops.DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
+            raise translate(exc, keys) from exc
+        keys, failure = command.keys, None
         try:
             method = getattr(await collection(), command.method)
             if command.method == "find":
-                step.reply = await method(*command.args, **command.kwargs).to_list(None)
+                reply = await method(*command.args, **command.kwargs).to_list(None)
             else:
-                step.reply = await method(*command.args, **command.kwargs)
+                reply = await method(*command.args, **command.kwargs)
         except ops.DRIVER_ERRORS as exc:
-            step.failure = exc
+            reply, failure = None, exc
 
 
 class AsyncDataStore(StoreBase):

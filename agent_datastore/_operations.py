@@ -15,7 +15,6 @@ The rules the operations apply (limits, filters, the update pipelines) are in ``
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
@@ -40,7 +39,6 @@ __all__ = [
     "Command",
     "Operation",
     "Settings",
-    "Step",
     "run_sync",
 ]
 
@@ -84,42 +82,15 @@ class Settings(NamedTuple):
     max_value_bytes: int
 
 
-@dataclass(slots=True)
-class Step:
-    """Where a runner is in an operation: the last command sent, and its reply or failure.
-    ``advance`` is the part of running an operation that both runners share."""
-
-    operation: Operation[Any]
-    command: Command | None = None
-    reply: Any = None
-    failure: BaseException | None = None
-    done: bool = False
-    result: Any = None
-
-    def advance(self) -> None:
-        """Hand the reply (or throw the driver's error) to the operation, and take its next
-        command, or its result when it is done. A driver error the operation lets through
-        is translated here, naming the items of the command that failed."""
-        keys = self.command.keys if self.command is not None else ()
-        try:
-            if self.failure is None:
-                self.command = self.operation.send(self.reply)
-            else:
-                self.command = self.operation.throw(self.failure)
-        except StopIteration as finished:
-            self.done, self.result = True, finished.value
-        except DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
-            raise translate(exc, keys) from exc
-        self.reply, self.failure = None, None
-
-
 def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
     """Run ``operation`` with the pymongo ``Collection``-like object that ``collection()``
     returns for each command.
 
-    ``Step.advance`` written out in the loop: this runs on every call, and most operations
-    are one command, for which a ``Step`` object and its method calls were a measurable part
-    of the whole cost. ``run_async`` still uses ``Step``; the two must stay equivalent.
+    Each reply (or, thrown in, the driver's error) goes back to the operation; a driver error
+    the operation lets through is translated here, naming the items of the command that
+    failed. ``_async.run_async`` is the same loop with each call awaited: it is written out in
+    both rather than shared through a helper object, because it runs on every call and most
+    operations are one command, for which that object was a measurable part of the cost.
     """
     reply: Any = None
     failure: BaseException | None = None
