@@ -662,6 +662,26 @@ class Scope:
         return Write(self.item_filter(key), _write_pipeline(now, value, expires_at, {}, guard))
 
 
+class Scoped:
+    """What every proxy (local or remote, sync or async) shows of its scope: the user, agent
+    and namespace of its ``_scope``."""
+
+    __slots__ = ()
+    _scope: Scope
+
+    @property
+    def user_id(self) -> str:
+        return self._scope.user_id
+
+    @property
+    def agent_name(self) -> str:
+        return self._scope.agent_name
+
+    @property
+    def namespace(self) -> str:
+        return self._scope.namespace
+
+
 def is_equivalent_index(spec: Mapping[str, Any]) -> bool:
     """Whether an index from ``index_information()`` is the store's unique index, whatever
     its name."""

@@ -108,25 +108,12 @@ def _new_service(
     return service, scope
 
 
-class _RemoteBase:
+class _RemoteBase(_core.Scoped):
+    """What both remote proxies are besides their I/O: the service and the scope, whose user
+    and agent are those the token names."""
+
     __slots__ = ("_scope", "_service")
-
-    _scope: _core.Scope
     _service: _Service
-
-    @property
-    def user_id(self) -> str:
-        """The user the token names."""
-        return self._scope.user_id
-
-    @property
-    def agent_name(self) -> str:
-        """The agent the token names."""
-        return self._scope.agent_name
-
-    @property
-    def namespace(self) -> str:
-        return self._scope.namespace
 
     def _in(self, namespace: object) -> Any:
         twin = object.__new__(type(self))

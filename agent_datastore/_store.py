@@ -214,7 +214,7 @@ class DataStore(StoreBase):
         self.close()
 
 
-class ProxyBase:
+class ProxyBase(_core.Scoped):
     """What both proxies are besides their I/O: a store and a validated scope."""
 
     __slots__ = ("_scope", "_store")
@@ -227,18 +227,6 @@ class ProxyBase:
             raise TypeError(f"store must be {article} {expected}, not {type(store).__name__}")
         self._store = store
         self._scope = _core.Scope.of(user_id, agent_name, namespace)
-
-    @property
-    def user_id(self) -> str:
-        return self._scope.user_id
-
-    @property
-    def agent_name(self) -> str:
-        return self._scope.agent_name
-
-    @property
-    def namespace(self) -> str:
-        return self._scope.namespace
 
     def __repr__(self) -> str:
         scope = self._scope
