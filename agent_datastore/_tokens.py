@@ -3,8 +3,8 @@
 A token is a JSON Web Token (RFC 7519) signed with HMAC-SHA256, made and checked by PyJWT:
 a standard construction from a well-kept library, no cryptography of our own. Its claims are
 the issuer ``agent-datastore``, the user (``sub``), the agent (``agt``), when it was issued
-(``iat``) and when it expires (``exp``). The namespace is not in the token: an agent picks its
-namespaces per call, as with the in-process proxy.
+(``iat``), when it expires (``exp``) and a random identifier (``jti``). The namespace is not
+in the token: an agent picks its namespaces per call, as with the in-process proxy.
 
 Only the runtime and the store service know the secret. The service takes the user and the
 agent from a token it has verified, never from a request; a sandbox that holds a token can
@@ -14,6 +14,7 @@ read it, but cannot change it without the signature failing.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -92,6 +93,9 @@ def issue_token(
         "agt": scope.agent_name,
         "iat": issued,
         "exp": issued + lifetime,
+        # two tokens issued in the same second are still two tokens, each with its own rate
+        # limit (and told apart in logs)
+        "jti": secrets.token_urlsafe(12),
     }
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 

@@ -50,7 +50,7 @@ logger = logging.getLogger("agent_datastore.server")
 
 class _RateLimiter:
     """A token bucket per token: ``requests`` at once, refilled at ``requests / per_seconds``
-    a second. Buckets of expired tokens are dropped as new ones come."""
+    a second. Only tokens seen within the last period keep a bucket."""
 
     def __init__(self, requests: int, per_seconds: float) -> None:
         if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
@@ -60,6 +60,7 @@ class _RateLimiter:
         self._capacity = float(requests)
         self._rate = requests / per_seconds
         self._buckets: dict[str, tuple[float, float, float]] = {}  # level, time, token expiry
+        self._next_sweep = 10_000
         self._lock = threading.Lock()
 
     def wait_needed(self, token: str, expires_at: float) -> float:
@@ -72,14 +73,22 @@ class _RateLimiter:
                 self._buckets[token] = (level, now, expires_at)
                 return (1 - level) / self._rate
             self._buckets[token] = (level - 1, now, expires_at)
-            if len(self._buckets) > 10_000:
-                self._forget_expired()
+            if len(self._buckets) > self._next_sweep:
+                self._forget_idle(now)
             return 0.0
 
-    def _forget_expired(self) -> None:
+    def _forget_idle(self, now: float) -> None:
+        """Drop the buckets that hold nothing a new one would not: refilled, or of an expired
+        token. Sweeping again only once the map has doubled keeps the cost per request flat."""
         wall = time.time()
-        for token in [t for t, (_, _, exp) in self._buckets.items() if exp < wall]:
+        idle = [
+            token
+            for token, (level, last, expires_at) in self._buckets.items()
+            if expires_at < wall or level + (now - last) * self._rate >= self._capacity
+        ]
+        for token in idle:
             del self._buckets[token]
+        self._next_sweep = max(10_000, 2 * len(self._buckets))
 
 
 def _too_large(detail: str) -> HTTPException:
