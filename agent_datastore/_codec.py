@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from bson.int64 import Int64
@@ -108,7 +109,7 @@ def _plain_dict(value: dict[Any, Any], level: int) -> EncodedValue | None:
     out = value.copy()
     size = 5
     try:
-        for name, item in out.items():
+        for name in out:
             if (
                 type(name) is not str
                 or not name
@@ -119,38 +120,9 @@ def _plain_dict(value: dict[Any, Any], level: int) -> EncodedValue | None:
             ):
                 return None
             size += (len(name) if name.isascii() else len(name.encode("utf-8"))) + 2
-            kind = type(item)
-            if kind is str:
-                size += (len(item) if item.isascii() else len(item.encode("utf-8"))) + 5
-            elif kind is int:
-                if _INT32_MIN <= item <= _INT32_MAX:
-                    size += 4
-                elif _INT64_MIN <= item <= _INT64_MAX:
-                    size += 8
-                else:
-                    return None
-            elif kind is float:
-                if not math.isfinite(item):
-                    return None
-                size += 8
-            elif kind is bool:
-                size += 1
-            elif item is None:
-                pass
-            else:
-                if kind is dict:
-                    inner = _plain_dict(item, level + 1)
-                elif kind is list:
-                    inner = _plain_list(item, level + 1)
-                else:
-                    return None
-                if inner is None:
-                    return None
-                out[name] = inner[0]
-                size += inner[1]
     except UnicodeEncodeError:
         return None
-    return out, size
+    return _plain_items(out, out.items(), size, level)
 
 
 def _plain_list(value: list[Any], level: int) -> EncodedValue | None:
@@ -158,8 +130,17 @@ def _plain_list(value: list[Any], level: int) -> EncodedValue | None:
         return None
     out = value.copy()
     size = 5 + array_names_size(len(out)) + len(out)
+    return _plain_items(out, enumerate(out), size, level)
+
+
+def _plain_items(
+    out: Any, slots: Iterable[tuple[Any, Any]], size: int, level: int
+) -> EncodedValue | None:
+    """The values of a container copy ``out`` (a dict's names already counted in ``size``),
+    each found at its slot (a name or an index), with nested containers replaced by their
+    own copies."""
     try:
-        for index, item in enumerate(out):
+        for slot, item in slots:
             kind = type(item)
             if kind is str:
                 size += (len(item) if item.isascii() else len(item.encode("utf-8"))) + 5
@@ -187,7 +168,7 @@ def _plain_list(value: list[Any], level: int) -> EncodedValue | None:
                     return None
                 if inner is None:
                     return None
-                out[index] = inner[0]
+                out[slot] = inner[0]
                 size += inner[1]
     except UnicodeEncodeError:
         return None
