@@ -639,17 +639,7 @@ def scaling(uri: str | None, quick: bool, rng: random.Random) -> dict:
                     )
                 )
         batch_timings = _round_robin(batch_calls, batch_rounds, lambda size: max(1, 100 // size))
-        for (name, size), timing in batch_timings.items():
-            result["batch"].append(
-                {
-                    "target": label,
-                    "operation": name,
-                    "items": size,
-                    "us_per_item": timing["median"] / size,
-                    "peak_bytes": peak_memory(batch_calls[name, size]),
-                    "timing_us": timing,
-                }
-            )
+        result["batch"] += _scaling_rows(label, batch_calls, batch_timings, "items", "us_per_item")
         listing_calls: dict[tuple[str, int], Callable[[], Any]] = {}
         for size in listings:
             namespace = f"listing-{size}"
@@ -660,17 +650,9 @@ def scaling(uri: str | None, quick: bool, rng: random.Random) -> dict:
                 1 for _ in p.iter_keys(prefix="key-")
             )
         listing_timings = _round_robin(listing_calls, listing_rounds, lambda size: 1)
-        for (name, size), timing in listing_timings.items():
-            result["listing"].append(
-                {
-                    "target": label,
-                    "operation": name,
-                    "keys": size,
-                    "us_per_key": timing["median"] / size,
-                    "peak_bytes": peak_memory(listing_calls[name, size]),
-                    "timing_us": timing,
-                }
-            )
+        result["listing"] += _scaling_rows(
+            label, listing_calls, listing_timings, "keys", "us_per_key"
+        )
     if client is not None:
         client.close()
     return result
@@ -684,6 +666,27 @@ def _raw_writes(scope: _core.Scope, items: dict[str, Any]) -> list[UpdateOne]:
             scope.item_filter(key), raw_set_pipeline(item, {}, now), upsert=True, collation=SIMPLE
         )
         for key, item in items.items()
+    ]
+
+
+def _scaling_rows(
+    target: str,
+    calls: dict[tuple[str, int], Callable[[], Any]],
+    timings: dict[tuple[str, int], dict],
+    count: str,
+    unit: str,
+) -> list[dict]:
+    """One row per (operation, size): time per item (or key) and the call's peak memory."""
+    return [
+        {
+            "target": target,
+            "operation": name,
+            count: size,
+            unit: timing["median"] / size,
+            "peak_bytes": peak_memory(calls[name, size]),
+            "timing_us": timing,
+        }
+        for (name, size), timing in timings.items()
     ]
 
 
