@@ -28,15 +28,27 @@ __all__ = ["AsyncAgentDataStoreProxy", "AsyncDataStore", "connect_async", "run_a
 T = TypeVar("T")
 
 
-async def run_async(operation: ops.Operation[T], collection: Any) -> T:
+async def run_async(
+    operation: ops.Operation[T], collection: Any, *, off_loop: bool = False
+) -> T:
     """``_operations.run_sync`` for an ``AsyncCollection``-like object: each command awaited,
-    a ``find`` drained with ``to_list``."""
+    a ``find`` drained with ``to_list`` (or read by ``take_within_async``).
+
+    With ``off_loop``, the operation's own steps (validation, encoding, reading the replies)
+    run in a worker thread, so that a large value is encoded and decoded without holding the
+    event loop; only the driver calls run on it. The store service asks for that for large
+    requests and answers."""
     reply: Any = None
     failure: BaseException | None = None
     keys: tuple[str, ...] = ()
     while True:
         try:
-            command = operation.send(reply) if failure is None else operation.throw(failure)
+            if off_loop:
+                command = await asyncio.to_thread(_advance, operation, reply, failure)
+            else:
+                command = operation.send(reply) if failure is None else operation.throw(failure)
+        except _Finished as finished:
+            return finished.value  # type: ignore[no-any-return]
         except StopIteration as finished:
             return finished.value  # type: ignore[no-any-return]
         except ops.DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
@@ -44,12 +56,44 @@ async def run_async(operation: ops.Operation[T], collection: Any) -> T:
         keys, failure = command.keys, None
         try:
             method = getattr(await collection(), command.method)
-            if command.method == "find":
+            if command.method == "find" and command.max_bytes:
+                cursor = method(*command.args, **command.kwargs)
+                reply = await take_within_async(cursor, command.max_bytes)
+            elif command.method == "find":
                 reply = await method(*command.args, **command.kwargs).to_list(None)
             else:
                 reply = await method(*command.args, **command.kwargs)
         except ops.DRIVER_ERRORS as exc:
             reply, failure = None, exc
+
+
+class _Finished(Exception):
+    """An operation's return, carried out of a worker thread: a ``StopIteration`` cannot
+    cross into a future."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+
+def _advance(operation: ops.Operation[Any], reply: Any, failure: BaseException | None) -> Any:
+    try:
+        return operation.send(reply) if failure is None else operation.throw(failure)
+    except StopIteration as finished:
+        raise _Finished(finished.value) from None
+
+
+async def take_within_async(cursor: Any, max_bytes: int) -> tuple[list[Any], bool]:
+    """``_operations.take_within`` for an ``AsyncCursor``."""
+    documents: list[Any] = []
+    total = 0
+    async for document in cursor:
+        total += document.get(ops.ANSWER_SIZE) or 0
+        if documents and total > max_bytes:
+            await cursor.close()
+            return documents, False
+        documents.append(document)
+    return documents, True
 
 
 class AsyncDataStore(StoreBase):
@@ -117,8 +161,8 @@ class AsyncDataStore(StoreBase):
             await asyncio.shield(attempt)
         return self._target
 
-    async def _run(self, operation: ops.Operation[T]) -> T:
-        return await run_async(operation, self._ready_collection)
+    async def _run(self, operation: ops.Operation[T], *, off_loop: bool = False) -> T:
+        return await run_async(operation, self._ready_collection, off_loop=off_loop)
 
     async def aclose(self) -> None:
         """Close the client if this store owns it (it came from ``connect_async``).

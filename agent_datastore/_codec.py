@@ -28,9 +28,11 @@ from typing import Any
 from bson.int64 import Int64
 
 __all__ = [
+    "MAX_ENCODED_BYTES",
     "MAX_NESTING",
     "TAG",
     "EncodedValue",
+    "ValueTooLarge",
     "array_names_size",
     "decode",
     "encode",
@@ -49,6 +51,21 @@ _LAST_STRUCTURED_LEVEL = MAX_NESTING - 3
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DICT_KEY_TYPES = (str, int, float, bool, type(None))
+
+# No stored value can be larger than a MongoDB document (16 MiB). Encoding stops as soon as a
+# container's running size passes this, so that a value far over the limit (a body of millions
+# of empty objects sent to the store service) costs no more than the limit to refuse.
+MAX_ENCODED_BYTES = 16 * 1024 * 1024
+
+
+class ValueTooLarge(Exception):
+    """A value whose encoding passed ``MAX_ENCODED_BYTES`` (``size`` bytes so far): it cannot
+    be stored whatever else the document holds. Raised before the rest is encoded."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
 
 EncodedValue = tuple[Any, int]
 """A storable value and the size in bytes of its BSON payload (without type byte and name)."""
@@ -78,7 +95,8 @@ def encode(value: Any, level: int) -> EncodedValue:
     """Encode ``value`` for storage as a field whose containers start at nesting ``level``.
 
     Raises ``TypeError`` for anything that is not JSON (NaN and infinities included) or that is
-    cyclic or too deep for Python to serialise.
+    cyclic or too deep for Python to serialise, and ``ValueTooLarge`` as soon as the value is
+    known to be over ``MAX_ENCODED_BYTES``.
     """
     try:
         kind = type(value)
@@ -98,9 +116,12 @@ def encode(value: Any, level: int) -> EncodedValue:
 # The fast path: a value made only of dicts with plain names, lists, str, int64, finite
 # float, bool and None (of exactly those types) is stored as it is, copied container by
 # container as the general path copies it. One loop per container, with the scalars handled
-# inline, costs about half of the general path. It never raises: on anything else (a tag to
-# add, a subclass, a tuple, a non-JSON value, a lone surrogate, too deep) it gives up with
-# None, and the general path encodes the value from the start, or raises as it always has.
+# inline, costs about half of the general path. It raises only ``ValueTooLarge``, as the general
+# path would: on anything else (a tag to add, a subclass, a tuple, a non-JSON value, a lone
+# surrogate, too deep) it gives up with None, and the general path encodes the value from the
+# start, or raises as it always has. The size is checked where it can grow by much: after a
+# container's names (so a list of millions of elements is refused by its length alone), after
+# each string and after each nested container.
 
 
 def _plain_dict(value: dict[Any, Any], level: int) -> EncodedValue | None:
@@ -122,6 +143,8 @@ def _plain_dict(value: dict[Any, Any], level: int) -> EncodedValue | None:
             size += (len(name) if name.isascii() else len(name.encode("utf-8"))) + 2
     except UnicodeEncodeError:
         return None
+    if size > MAX_ENCODED_BYTES:
+        raise ValueTooLarge(size)
     return _plain_items(out, out.items(), size, level)
 
 
@@ -130,6 +153,8 @@ def _plain_list(value: list[Any], level: int) -> EncodedValue | None:
         return None
     out = value.copy()
     size = 5 + array_names_size(len(out)) + len(out)
+    if size > MAX_ENCODED_BYTES:
+        raise ValueTooLarge(size)
     return _plain_items(out, enumerate(out), size, level)
 
 
@@ -144,6 +169,8 @@ def _plain_items(
             kind = type(item)
             if kind is str:
                 size += (len(item) if item.isascii() else len(item.encode("utf-8"))) + 5
+                if size > MAX_ENCODED_BYTES:
+                    raise ValueTooLarge(size)
             elif kind is int:
                 if _INT32_MIN <= item <= _INT32_MAX:
                     size += 4
@@ -170,6 +197,8 @@ def _plain_items(
                     return None
                 out[slot] = inner[0]
                 size += inner[1]
+                if size > MAX_ENCODED_BYTES:
+                    raise ValueTooLarge(size)
     except UnicodeEncodeError:
         return None
     return out, size
@@ -178,6 +207,8 @@ def _plain_items(
 def _encode(value: Any, level: int) -> EncodedValue:
     kind = type(value)
     if kind is str:
+        # its size is known at once: the caller reports it whole (its container, if any,
+        # stops as soon as it adds it)
         return value, string_size(value) + 5
     if kind is int:
         if _INT32_MIN <= value <= _INT32_MAX:
@@ -276,11 +307,15 @@ def _encode_dict(value: dict[Any, Any], level: int) -> EncodedValue:
     if not plain:
         return _encode_pairs(out, level)
     size = 5 + names_size + 2 * len(out)
+    if size > MAX_ENCODED_BYTES:
+        raise ValueTooLarge(size)
     for name, item in out.items():
         stored, item_size = _encode(item, level + 1)
         if stored is not item:
             out[name] = stored
         size += item_size
+        if size > MAX_ENCODED_BYTES:
+            raise ValueTooLarge(size)
     return out, size
 
 
@@ -291,6 +326,8 @@ def _encode_pairs(value: dict[str, Any], level: int) -> EncodedValue:
         stored, item_size = _encode(item, level + 3)
         # a pair is an array ["name", value] with element names "0" and "1"
         pairs_size += 5 + (3 + string_size(name) + 5) + (3 + item_size)
+        if pairs_size > MAX_ENCODED_BYTES:
+            raise ValueTooLarge(pairs_size)
         pairs.append([name, stored])
     return _tagged("dict", "items", pairs, pairs_size)
 
@@ -300,11 +337,15 @@ def _encode_list(value: list[Any] | tuple[Any, ...], level: int) -> EncodedValue
         return _encode_as_text(value)
     out = list(value)
     size = 5 + array_names_size(len(out)) + len(out)
+    if size > MAX_ENCODED_BYTES:
+        raise ValueTooLarge(size)
     for index, item in enumerate(out):
         stored, item_size = _encode(item, level + 1)
         if stored is not item:
             out[index] = stored
         size += item_size
+        if size > MAX_ENCODED_BYTES:
+            raise ValueTooLarge(size)
     return out, size
 
 

@@ -77,7 +77,7 @@ MAX_KEY_BYTES = 1024
 """Longest key, in UTF-8 bytes."""
 MAX_NAME_BYTES = 512
 """Longest user id, agent name or namespace, in UTF-8 bytes."""
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+MAX_DOCUMENT_BYTES = _codec.MAX_ENCODED_BYTES
 """MongoDB's limit on one BSON document, which holds one item."""
 # What a find command may spend on its key list, leaving room for the rest of the command.
 _MAX_KEY_LIST_BYTES = MAX_DOCUMENT_BYTES - 64 * 1024
@@ -249,6 +249,11 @@ def check_metadata(metadata: object) -> tuple[dict[str, Any], int]:
             stored, value_size = _codec.encode(value, 3)
         except TypeError as exc:
             raise TypeError(f"metadata {name!r} is not a storable JSON value: {exc}") from None
+        except _codec.ValueTooLarge as exc:
+            raise ValueError(
+                f"metadata {name!r} is over {exc.size - 1} bytes, more than MongoDB's limit of "
+                f"{MAX_DOCUMENT_BYTES} bytes for a whole document"
+            ) from None
         paths["metadata." + name] = stored
         size += 2 + _codec.string_size(name) + value_size
     return paths, size
@@ -582,6 +587,12 @@ class Scope:
             stored, value_size = _codec.encode(value, 2)
         except TypeError as exc:
             raise TypeError(f"value for key {key!r} is not storable JSON: {exc}") from None
+        except _codec.ValueTooLarge as exc:
+            # refused before the rest of the value was encoded: its full size is not known
+            raise ValueError(
+                f"item {key!r} would be a document of over {exc.size - 1} bytes, over "
+                f"MongoDB's limit of {MAX_DOCUMENT_BYTES} bytes"
+            ) from None
         size = self._fixed_size + _codec.string_size(key) + 5 + value_size + metadata_size
         size += _EXPIRES_AT_SIZE if expires else 0
         if size > MAX_DOCUMENT_BYTES:

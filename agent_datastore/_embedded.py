@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import bson
@@ -76,7 +76,10 @@ class LockedCollection:
 
     def find_one(self, filter: Mapping[str, Any], projection: Any = None, **_: Any) -> Any:
         with self._lock:
-            return self._collection.find_one(filter, projection)
+            if not _computes_fields(projection):
+                return self._collection.find_one(filter, projection)
+            document = self._collection.find_one(filter)
+            return None if document is None else _project(document, projection)
 
     @property
     def database(self) -> Any:
@@ -202,6 +205,13 @@ class _DocumentList:
     async def to_list(self, length: int | None = None) -> list[Any]:
         return self._documents if length is None else self._documents[:length]
 
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        for document in self._documents:
+            yield document
+
+    async def close(self) -> None:
+        self._documents = []
+
 
 class AsyncLockedCollection:
     """The embedded store for ``AsyncDataStore``: ``LockedCollection``'s methods as
@@ -281,6 +291,12 @@ def _updated(document: dict[str, Any], update: Any) -> dict[str, Any]:
     return run_pipeline(document, [{"$set": literals}, {"$unset": list(update.get("$unset", {}))}])
 
 
+def _is_field_size(rule: Mapping[str, Any]) -> bool:
+    """``{"$bsonSize": "$name"}``: the size of a field that holds a document."""
+    argument = rule.get("$bsonSize") if len(rule) == 1 else None
+    return isinstance(argument, str) and argument.startswith("$") and "." not in argument[1:]
+
+
 def _computes_fields(projection: Any) -> bool:
     return isinstance(projection, Mapping) and any(
         isinstance(rule, Mapping) for rule in projection.values()
@@ -299,6 +315,9 @@ def _project(document: Mapping[str, Any], projection: Any) -> dict[str, Any]:
             continue
         if rule == {"$bsonSize": "$$ROOT"}:
             result[name] = len(bson.encode(document))
+        elif isinstance(rule, Mapping) and _is_field_size(rule):
+            field_value = document.get(rule["$bsonSize"][1:])
+            result[name] = None if field_value is None else len(bson.encode(field_value))
         elif isinstance(rule, Mapping):  # pragma: no cover - the store computes nothing else
             raise NotImplementedError(f"projection {rule}")
         elif rule and name in document:

@@ -14,7 +14,7 @@ The rules the operations apply (limits, filters, the update pipelines) are in ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
@@ -35,11 +35,13 @@ from ._items import (
 )
 
 __all__ = [
+    "ANSWER_SIZE",
     "DRIVER_ERRORS",
     "Command",
     "Operation",
     "Settings",
     "run_sync",
+    "take_within",
 ]
 
 T = TypeVar("T")
@@ -64,12 +66,37 @@ _INDEX_CONFLICTS = frozenset({85, 86})
 
 class Command(NamedTuple):
     """One call of a collection method. ``keys`` names the items it writes, so an error can
-    say which one it was about. A ``find`` is answered with the list of its documents."""
+    say which one it was about. A ``find`` is answered with the list of its documents; with
+    ``max_bytes``, with ``(documents, complete)`` as ``take_within`` reads them."""
 
     method: str
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = MappingProxyType({})
     keys: tuple[str, ...] = ()
+    max_bytes: int = 0
+
+
+# What a bounded find's projection adds to each document: the bytes it stands for in an
+# answer, as the server measures them ($bsonSize), so that the reader can stop in time.
+ANSWER_SIZE = "answerSize"
+
+
+def take_within(cursor: Iterable[Mapping[str, Any]], max_bytes: int) -> tuple[list[Any], bool]:
+    """The documents of ``cursor`` whose ``ANSWER_SIZE`` adds up to at most ``max_bytes``
+    (always the first, however large), and whether they are all of them. The cursor is read
+    lazily, batch by batch, and closed as soon as the next document would not fit, so the
+    reader never holds much more than ``max_bytes`` plus one batch."""
+    documents: list[Any] = []
+    total = 0
+    for document in cursor:
+        total += document.get(ANSWER_SIZE) or 0
+        if documents and total > max_bytes:
+            close = getattr(cursor, "close", None)
+            if close is not None:
+                close()
+            return documents, False
+        documents.append(document)
+    return documents, True
 
 
 Operation = Generator[Command, Any, T]
@@ -106,7 +133,7 @@ def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
         try:
             reply = getattr(collection(), command.method)(*command.args, **command.kwargs)
             if command.method == "find":
-                reply = list(reply)
+                reply = take_within(reply, command.max_bytes) if command.max_bytes else list(reply)
         except DRIVER_ERRORS as exc:
             reply, failure = None, exc
 
@@ -358,3 +385,89 @@ def _racing_upserts(exc: BulkWriteError, requests: list[UpdateOne]) -> list[Upda
     if any(error.get("code") != _DUPLICATE_KEY for error in errors):
         raise exc
     return [requests[error["index"]] for error in errors]
+
+
+# ------------------------------------------------------------------ for the store service
+#
+# The store service answers over HTTP, and no answer may hold more than its byte budget. These
+# variants of the reads above send the same filters, and add to each document the size it
+# stands for ($bsonSize), so that the service can bound what it reads and encode large
+# answers off its event loop. Each is still one command.
+
+_SIZE_OF_ROOT = {"$bsonSize": "$$ROOT"}
+_SIZED_VALUE = {**_VALUE_ONLY, ANSWER_SIZE: _SIZE_OF_ROOT}
+_SIZED_ITEM = {**ITEM_PROJECTION, ANSWER_SIZE: _SIZE_OF_ROOT}
+_SIZED_KEY_AND_VALUE = {**_KEY_AND_VALUE, ANSWER_SIZE: _SIZE_OF_ROOT}
+# list_items answers details, not values: what it holds of a document is its metadata
+_SIZED_ITEM_INFO = {**ITEM_INFO_PROJECTION, ANSWER_SIZE: {"$bsonSize": "$metadata"}}
+
+
+def _answer_size(document: Mapping[str, Any] | None) -> int:
+    return 0 if document is None else int(document.get(ANSWER_SIZE) or 0)
+
+
+def sized_get(
+    scope: _core.Scope, settings: Settings, key: object, default: Any
+) -> Operation[tuple[Any, int]]:
+    """``get``, and the stored size of the item found (0 if none)."""
+    item_filter = scope.live_item_filter(_core.check_key(key), settings.now)
+    document = yield Command("find_one", (item_filter, _SIZED_VALUE), {"collation": _SIMPLE})
+    return _core.value_of(document, default), _answer_size(document)
+
+
+def sized_get_item(
+    scope: _core.Scope, settings: Settings, key: object
+) -> Operation[tuple[Item | None, int]]:
+    """``get_item``, and the stored size of the item found (0 if none)."""
+    item_filter = scope.live_item_filter(_core.check_key(key), settings.now)
+    document = yield Command("find_one", (item_filter, _SIZED_ITEM), {"collation": _SIMPLE})
+    item = None if document is None else item_from_document(document)
+    return item, _answer_size(document)
+
+
+def get_many_within(
+    scope: _core.Scope, settings: Settings, keys: object, max_bytes: int
+) -> Operation[tuple[dict[str, Any], list[str], int]]:
+    """``get_many`` reading at most about ``max_bytes`` of stored items (always one): the
+    values found, in the order asked; the keys asked that were not reached, to ask again
+    (empty when every key was answered); and the stored size of what was read.
+
+    The documents are read in key order, so every key asked below the last one read that is
+    not among them does not exist, and the keys not reached are those above it."""
+    checked = _core.check_keys(keys)
+    if not checked:
+        return {}, [], 0
+    options = {"sort": _BY_KEY, "batch_size": _core.LISTING_BATCH_SIZE, "collation": _SIMPLE}
+    query = scope.many_filter(checked, settings.now)
+    command = Command("find", (query, _SIZED_KEY_AND_VALUE), options, max_bytes=max_bytes)
+    documents, complete = yield command
+    size = sum(_answer_size(document) for document in documents)
+    unread: list[str] = []
+    if not complete:
+        last = documents[-1]["key"]
+        unread = [key for key in dict.fromkeys(checked) if key > last]
+    return _core.values_by_key(documents, checked), unread, size
+
+
+def list_items_within(
+    scope: _core.Scope,
+    settings: Settings,
+    prefix: object,
+    limit: object,
+    start_after: object,
+    max_bytes: int,
+) -> Operation[tuple[list[ItemInfo], bool, int]]:
+    """``list_items`` reading at most about ``max_bytes`` of metadata (always one item): the
+    page, whether it is all of the ``limit`` asked (if not, the listing goes on after its last
+    key), and the metadata size read."""
+    page_filter = keys_filter(scope, settings, prefix, start_after)
+    options = {
+        "sort": _BY_KEY,
+        "limit": _core.check_limit(limit),
+        "batch_size": _core.LISTING_BATCH_SIZE,
+        "collation": _SIMPLE,
+    }
+    command = Command("find", (page_filter, _SIZED_ITEM_INFO), options, max_bytes=max_bytes)
+    documents, complete = yield command
+    size = sum(_answer_size(document) for document in documents)
+    return [item_info_from_document(document) for document in documents], complete, size

@@ -236,3 +236,22 @@ def test_errors_name_the_problem(data_store: AgentDataStoreProxy) -> None:
         data_store.set("big", "x" * (16 * 1024 * 1024))
     with pytest.raises(TypeError, match="keys must be a list of str, not str"):
         data_store.get_many("abc")
+
+
+def test_a_value_far_over_the_limit_is_refused_before_the_rest_is_encoded(
+    data_store: Any,
+) -> None:
+    # a set at the end would be a TypeError if the encoder ever reached it: the ValueError
+    # shows it stopped as soon as the size passed 16 MiB
+    strings_then_junk = ["x" * 1_000] * 20_000 + [{1, 2}]
+    with pytest.raises(ValueError, match=r"item 'k' would be a document of over \d+ bytes"):
+        data_store.set("k", strings_then_junk)
+    empty_objects = [{} for _ in range(3_000_000)] + [{1, 2}]
+    with pytest.raises(ValueError, match=r"item 'k' would be a document of over \d+ bytes"):
+        data_store.set("k", empty_objects)
+    nested = [["x" * 1_000] * 1_000] * 20 + [{1, 2}]
+    with pytest.raises(ValueError, match=r"over MongoDB's limit"):
+        data_store.set("k", {"a": nested})
+    with pytest.raises(ValueError, match=r"metadata 'm' is over \d+ bytes"):
+        data_store.set("k", 1, metadata={"m": strings_then_junk})
+    assert data_store.get("k") is None
