@@ -45,8 +45,9 @@ _REQUIRED_CLAIMS = ["iss", "sub", "agt", "iat", "exp", "jti"]
 MAX_TOKEN_ID_CHARS = 64
 # JWS compact serialization as jwt.encode writes it: three base64url segments, no padding
 _COMPACT_TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-# Verified tokens remembered (a few hundred bytes each): more than the tokens a service
-# sees within their lifetime in most deployments, and a bounded few MiB in any.
+# Verified tokens remembered: more than most services see within a token's lifetime. Only
+# tokens signed with the secret enter, so a client cannot fill it with junk; at a few hundred
+# bytes per token from issue_token, it holds a few MiB.
 VERIFIED_CACHE_SIZE = 4096
 
 
