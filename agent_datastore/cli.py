@@ -567,6 +567,13 @@ def _rate_limit(text: str | None) -> tuple[int, float] | None:
     metavar="REQUESTS/SECONDS",
     help="Per token, e.g. 100/60; beyond it requests are answered 429. Default: none.",
 )
+@click.option(
+    "--audience",
+    envvar="AGENT_DATASTORE_AUDIENCE",
+    metavar="NAME",
+    help="Accept only tokens issued for this audience (issue_token(..., audience=NAME)); "
+    "without it, only tokens that name no audience. Default: $AGENT_DATASTORE_AUDIENCE.",
+)
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
 @click.pass_context
@@ -578,6 +585,7 @@ def serve(
     max_body_bytes: int,
     max_batch: int,
     rate_limit: str | None,
+    audience: str | None,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
 ) -> None:
@@ -613,6 +621,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         max_batch=max_batch,
         rate_limit=_rate_limit(rate_limit),
+        audience=audience,
     )
 
 

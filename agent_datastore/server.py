@@ -37,7 +37,7 @@ from ._async import AsyncDataStore
 from ._exceptions import HTTPException, TokenRejected
 from ._items import Item, ItemInfo
 from ._store import DataStore
-from ._tokens import _secret_bytes, verify_token
+from ._tokens import _check_audience, _secret_bytes, verify_token
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_BODY_BYTES", "create_app", "serve"]
 
@@ -49,8 +49,9 @@ logger = logging.getLogger("agent_datastore.server")
 
 
 class _RateLimiter:
-    """A token bucket per token: ``requests`` at once, refilled at ``requests / per_seconds``
-    a second. Only tokens seen within the last period keep a bucket."""
+    """A token bucket per token id (the verified ``jti``, never the token's text, which a
+    client could respell): ``requests`` at once, refilled at ``requests / per_seconds`` a
+    second. Only token ids seen within the last period keep a bucket."""
 
     def __init__(self, requests: int, per_seconds: float) -> None:
         if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
@@ -63,16 +64,17 @@ class _RateLimiter:
         self._next_sweep = 10_000
         self._lock = threading.Lock()
 
-    def wait_needed(self, token: str, expires_at: float) -> float:
-        """0 if the request may go now (and it is counted), else the seconds to wait."""
+    def wait_needed(self, token_id: str, expires_at: float) -> float:
+        """0 if the request of the token ``token_id`` may go now (and it is counted), else the
+        seconds to wait."""
         now = time.monotonic()
         with self._lock:
-            level, last, _ = self._buckets.get(token, (self._capacity, now, expires_at))
+            level, last, _ = self._buckets.get(token_id, (self._capacity, now, expires_at))
             level = min(self._capacity, level + (now - last) * self._rate)
             if level < 1:
-                self._buckets[token] = (level, now, expires_at)
+                self._buckets[token_id] = (level, now, expires_at)
                 return (1 - level) / self._rate
-            self._buckets[token] = (level - 1, now, expires_at)
+            self._buckets[token_id] = (level - 1, now, expires_at)
             if len(self._buckets) > self._next_sweep:
                 self._forget_idle(now)
             return 0.0
@@ -82,12 +84,12 @@ class _RateLimiter:
         token. Sweeping again only once the map has doubled keeps the cost per request flat."""
         wall = time.time()
         idle = [
-            token
-            for token, (level, last, expires_at) in self._buckets.items()
+            token_id
+            for token_id, (level, last, expires_at) in self._buckets.items()
             if expires_at < wall or level + (now - last) * self._rate >= self._capacity
         ]
-        for token in idle:
-            del self._buckets[token]
+        for token_id in idle:
+            del self._buckets[token_id]
         self._next_sweep = max(10_000, 2 * len(self._buckets))
 
 
@@ -196,6 +198,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
     rate_limit: tuple[int, float] | None = None,
+    audience: str | None = None,
 ) -> Starlette:
     """An ASGI application serving ``store`` to the holders of tokens signed with ``secret``.
 
@@ -203,11 +206,13 @@ def create_app(
     ``max_body_bytes`` and a ``get_many`` or ``set_many`` of more than ``max_batch`` items are
     answered 413. ``rate_limit=(requests, per_seconds)`` allows each token that many requests
     per period (the whole number at once, then at the average rate), and answers 429 with
-    ``Retry-After`` beyond it.
+    ``Retry-After`` beyond it. With ``audience``, only tokens issued for that audience
+    (``issue_token(..., audience=)``) are accepted; without, only tokens that name none.
     """
     if not isinstance(store, (DataStore, AsyncDataStore)):
         raise TypeError(f"store must be a DataStore or AsyncDataStore, not {type(store).__name__}")
     key = _secret_bytes(secret)
+    audience = _check_audience(audience)
     for name, limit in (("max_body_bytes", max_body_bytes), ("max_batch", max_batch)):
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"{name} must be a positive integer, not {limit!r}")
@@ -227,12 +232,14 @@ def create_app(
         return b"".join(chunks)
 
     def authorize(request: Request) -> tuple[str, Any]:
+        """The verified token's id, which the rate limiter counts (never the token's text:
+        one token has one id however it is spelled), and its scope."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenRejected("the request has no bearer token")
-        token = token.strip()
-        return token, verify_token(key, token)
+        scope = verify_token(key, token.strip(), audience=audience)
+        return scope.token_id, scope
 
     async def serve(request: Request, operation: str) -> Any:
         token, scope = authorize(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
 import warnings
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ def _claims(**changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims = {"iss": "agent-datastore", "sub": "user-1", "agt": "agent-a", "iat": now}
     claims["exp"] = now + 600
+    # a token id of its own, as issue_token writes: each bad token fails only for its flaw
+    claims["jti"] = secrets.token_urlsafe(12)
     claims.update(changes)
     return {name: value for name, value in claims.items() if value is not None}
 
