@@ -28,9 +28,7 @@ __all__ = ["AsyncAgentDataStoreProxy", "AsyncDataStore", "connect_async", "run_a
 T = TypeVar("T")
 
 
-async def run_async(
-    operation: ops.Operation[T], collection: Any, *, off_loop: bool = False
-) -> T:
+async def run_async(operation: ops.Operation[T], collection: Any, *, off_loop: bool = False) -> T:
     """``_operations.run_sync`` for an ``AsyncCollection``-like object: each command awaited,
     a ``find`` drained with ``to_list`` (or read by ``take_within_async``).
 

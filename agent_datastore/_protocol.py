@@ -21,7 +21,7 @@ import json
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 from . import _core
 from ._exceptions import (
@@ -35,15 +35,24 @@ from ._items import Item, ItemInfo
 
 __all__ = [
     "API_PREFIX",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_BODY_BYTES",
     "OPERATIONS",
+    "BatchTooLarge",
+    "Calls",
+    "Limits",
     "Request",
+    "answer_of",
     "decode_error",
     "dumps",
     "encode_error",
+    "get_many_calls",
     "item_from_json",
     "item_info_from_json",
     "item_info_to_json",
     "item_to_json",
+    "listing",
+    "set_many_calls",
 ]
 
 API_PREFIX = "/v1"
@@ -78,12 +87,40 @@ OPERATIONS: dict[str, Spec] = {
 }
 
 
+# The service's default limits, which a remote proxy assumes until a 413 answer tells it
+# the service's own (``BatchTooLarge``).
+DEFAULT_MAX_BATCH = 1_000
+# A value may be up to 16 MiB of BSON, which is at most about as much JSON for typical data.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Limits:
+    """The limits of the service a remote proxy talks to, as far as it knows them: the
+    defaults, then what the service said when it refused a request as too large."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class BatchTooLarge(HTTPException):
+    """A 413 answer that says the service's limits, so that a batch can be split to fit and
+    sent again (nothing of a refused request was written)."""
+
+    def __init__(self, detail: str | None, max_batch: int, max_body_bytes: int) -> None:
+        super().__init__(413, detail)
+        self.max_batch = max_batch
+        self.max_body_bytes = max_body_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One call of the service: its operation and JSON body."""
+    """One call of the service: its operation and JSON body (``content``: the body already
+    encoded, when the client built it piece by piece)."""
 
     operation: str
     body: dict[str, Any]
+    content: bytes | None = None
 
     @property
     def path(self) -> str:
@@ -185,7 +222,7 @@ def encode_error(exc: Exception) -> tuple[int, dict[str, Any]]:
         return exc.status_code, {"error": {"type": "TokenRejected", "message": exc.detail}}
     if isinstance(exc, DataStoreUnavailable):
         return 503, {"error": {"type": "DataStoreUnavailable", "message": UNAVAILABLE_MESSAGE}}
-    if isinstance(exc, HTTPException) and exc.status_code in (413, 429):
+    if isinstance(exc, HTTPException) and exc.status_code in (413, 429, 503):  # limits, busy
         return exc.status_code, {"error": {"type": "HTTPException", "message": exc.detail}}
     return 500, {"error": {"type": "DataStoreError", "message": REFUSED_MESSAGE}}
 
@@ -213,10 +250,19 @@ def decode_error(status: int, body: Any, headers: Mapping[str, str] | None = Non
         return DataStoreUnavailable(message or f"the store service answered {status}")
     if status == 500:
         return DataStoreError(message)
+    limits = error.get("limits")
+    if status == 413 and isinstance(limits, dict):
+        max_batch, max_body_bytes = limits.get("max_batch"), limits.get("max_body_bytes")
+        if _is_positive_int(max_batch) and _is_positive_int(max_body_bytes):
+            return BatchTooLarge(message, max_batch, max_body_bytes)
     retry_after = (
         {"Retry-After": headers["Retry-After"]} if headers and "Retry-After" in headers else None
     )
     return HTTPException(status, message, retry_after)
+
+
+def _is_positive_int(number: object) -> TypeGuard[int]:
+    return isinstance(number, int) and not isinstance(number, bool) and number > 0
 
 
 # ---------------------------------------------------------------------- client requests
@@ -300,54 +346,42 @@ def listing_request(
     return _with_namespace(scope, operation, prefix=prefix, limit=limit, start_after=start_after)
 
 
-def get_many_request(scope: _core.Scope, keys: object) -> Request:
-    return _with_namespace(scope, "get_many", keys=_core.check_keys(keys))
-
-
-def set_many_request(scope: _core.Scope, items: object, metadata: object, ttl: object) -> Request:
-    checked_items = _core.check_items(items)
-    plain_metadata, (_, metadata_size) = _plain_metadata(metadata)
-    checked_ttl = _core.check_ttl(ttl)
-    plain_items: dict[str, Any] = {}
-    for raw_key, value in checked_items.items():
-        key = _core.check_key(raw_key)
-        scope.encode_value(
-            key, value, metadata_size, _core.MAX_DOCUMENT_BYTES, expires=checked_ttl is not None
-        )
-        plain_items[key] = value
-    return _with_namespace(
-        scope, "set_many", items=plain_items, metadata=plain_metadata, ttl_ms=ttl_ms(checked_ttl)
-    )
-
-
 # ---------------------------------------------------------------------- client answers
 
 
-def result_of(status: int, content: bytes, headers: Mapping[str, str] | None = None) -> Any:
-    """The ``result`` of a service's answer, or the exception it stands for, raised."""
+def answer_of(status: int, content: bytes, headers: Mapping[str, str] | None = None) -> Any:
+    """A service's answer document (``{"result": ...}`` and what the operation adds), or the
+    exception it stands for, raised."""
     try:
         document = json.loads(content) if content else None
     except (ValueError, RecursionError):
         document = None
     if status == 200:
         if not isinstance(document, dict) or "result" not in document:
-            raise DataStoreError("the store service sent an answer that is not the protocol's")
-        return document["result"]
+            raise _not_the_protocol()
+        return document
     raise decode_error(status, document, headers)
 
 
-Listing = Generator[Request, list[Any], list[Any]]
+def _not_the_protocol() -> DataStoreError:
+    return DataStoreError("the store service sent an answer that is not the protocol's")
+
+
+Calls = Generator[Request, dict[str, Any], Any]
+"""A proxy call that takes several requests: each request is yielded, and its answer
+document sent back in (or, thrown in, the error it was answered with); the call's result is
+returned at the end. The remote proxies drive them (``_drive``)."""
 
 
 def listing(
     scope: _core.Scope, operation: str, prefix: object, limit: object, start_after: object
-) -> Listing:
-    """A ``list_keys`` or ``list_items`` call as the requests it needs: each page's request is
-    yielded, its page sent back in, and all the results are returned at the end.
+) -> Calls:
+    """A ``list_keys`` or ``list_items`` call as the requests it needs.
 
-    The service returns at most ``KEY_PAGE_SIZE`` (1,000) results per request, so that no
-    request makes it hold an unbounded answer; a longer listing goes on after the last key
-    seen. The arguments are checked, as the local proxy checks them, before the first request.
+    The service returns at most ``KEY_PAGE_SIZE`` (1,000) results per request, and a
+    ``list_items`` page ends early (``"more": true``) when its answer would pass the
+    service's byte budget; the listing goes on after the last key seen. The arguments are
+    checked, as the local proxy checks them, before the first request.
     """
     checked_prefix = _core.check_prefix(prefix)
     checked_limit = _core.check_limit(limit)  # 0: no limit
@@ -356,8 +390,96 @@ def listing(
     while True:
         remaining = checked_limit - len(results) if checked_limit else _core.KEY_PAGE_SIZE
         size = min(_core.KEY_PAGE_SIZE, remaining)
-        page = yield listing_request(scope, operation, checked_prefix, size, start)
+        answer = yield listing_request(scope, operation, checked_prefix, size, start)
+        page, more = answer["result"], answer.get("more") is True
+        if not isinstance(page, list) or (more and not page):
+            raise _not_the_protocol()
         results.extend(page)
-        if len(page) < size or len(results) == checked_limit:
+        if (len(page) < size and not more) or len(results) == checked_limit:
             return results
         start = page[-1] if operation == "list_keys" else page[-1]["key"]
+
+
+def get_many_calls(scope: _core.Scope, keys: object, limits: Limits) -> Calls:
+    """A ``get_many`` call as the requests it needs: batches of at most the service's
+    ``max_batch`` keys, and for each, one more request for the keys it names as
+    ``remaining`` when its answer would have passed the service's byte budget, until none
+    remain. Returns the values found, in the order asked, as the local proxy does."""
+    checked = _core.check_keys(keys)
+    unique = list(dict.fromkeys(checked))
+    found: dict[str, Any] = {}
+    done = 0
+    while done < len(unique):
+        batch = unique[done : done + limits.max_batch]
+        pending = batch
+        try:
+            while pending:
+                answer = yield _with_namespace(scope, "get_many", keys=pending)
+                values, remaining = answer["result"], answer.get("remaining", [])
+                # each answer must make progress, or a broken service would loop forever
+                if (
+                    not isinstance(values, dict)
+                    or not isinstance(remaining, list)
+                    or not set(remaining) < set(pending)
+                ):
+                    raise _not_the_protocol()
+                found.update(values)
+                pending = remaining
+        except BatchTooLarge as exc:
+            if exc.max_batch >= len(batch):
+                raise
+            limits.max_batch = exc.max_batch  # the service's own limit: split and resend
+            continue
+        done += len(batch)
+    return {key: found[key] for key in checked if key in found}
+
+
+def set_many_calls(
+    scope: _core.Scope, items: object, metadata: object, ttl: object, limits: Limits
+) -> Calls:
+    """A ``set_many`` call as the requests it needs: every item is checked first, with the
+    local proxy's rules, then the items are sent in batches that fit the service's
+    ``max_batch`` and ``max_body_bytes``; returns the number stored.
+
+    Each batch is written before the next is sent, so when one fails the batches before it
+    stay written (the local proxy's sub-batches behave the same)."""
+    checked_items = _core.check_items(items)
+    plain_metadata, (_, metadata_size) = _plain_metadata(metadata)
+    checked_ttl = _core.check_ttl(ttl)
+    pieces: list[bytes] = []
+    for raw_key, value in checked_items.items():
+        key = _core.check_key(raw_key)
+        scope.encode_value(
+            key, value, metadata_size, _core.MAX_DOCUMENT_BYTES, expires=checked_ttl is not None
+        )
+        pieces.append(dumps(key) + b":" + dumps(value))
+    if not pieces:
+        return 0
+    fields = {
+        "namespace": scope.namespace,
+        "metadata": plain_metadata,
+        "ttl_ms": ttl_ms(checked_ttl),
+    }
+    head = dumps({name: value for name, value in fields.items() if value is not None})
+    stored = done = 0
+    while done < len(pieces):
+        batch: list[bytes] = []
+        size = len(head) + len(b',"items":{}')
+        for piece in pieces[done : done + limits.max_batch]:
+            size += len(piece) + 1
+            if batch and size > limits.max_body_bytes:
+                break
+            batch.append(piece)
+        content = head[:-1] + b',"items":{' + b",".join(batch) + b"}}"
+        try:
+            answer = yield Request("set_many", {}, content)
+        except BatchTooLarge as exc:
+            if exc.max_batch >= len(batch) and exc.max_body_bytes >= len(content):
+                raise
+            if len(batch) == 1 and exc.max_body_bytes < len(content):
+                raise  # one item alone is over the service's body limit
+            limits.max_batch, limits.max_body_bytes = exc.max_batch, exc.max_body_bytes
+            continue
+        stored += int(answer["result"])
+        done += len(batch)
+    return stored

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import _core, _protocol
-from ._exceptions import DataStoreUnavailable
+from ._exceptions import DataStoreUnavailable, HTTPException
 from ._items import Item, ItemInfo
 from ._protocol import Request
 from ._tokens import read_token
@@ -65,6 +65,7 @@ class _Service:
         self.timeout = _check_timeout(timeout)
         self.client = client
         self.owned = owned
+        self.limits = _protocol.Limits()
 
     # One more attempt at most, and only where it is safe: see ``failure``.
     ATTEMPTS = (0, 1)
@@ -160,9 +161,10 @@ class RemoteDataStoreProxy(_RemoteBase):
             url, token, namespace, timeout, http_client, asynchronous=False
         )
 
-    def _send(self, request: Request) -> Any:
+    def _exchange(self, request: Request) -> Any:
+        """Send ``request``; the answer document, or its error raised."""
         service = self._service
-        content = _protocol.dumps(request.body)
+        content = request.content or _protocol.dumps(request.body)
         for attempt in service.ATTEMPTS:
             try:
                 response = service.client.post(
@@ -173,8 +175,25 @@ class RemoteDataStoreProxy(_RemoteBase):
                 if failure is None:
                     continue
                 raise failure from exc
-            return _protocol.result_of(response.status_code, response.content, response.headers)
+            return _protocol.answer_of(response.status_code, response.content, response.headers)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, request: Request) -> Any:
+        return self._exchange(request)["result"]
+
+    def _drive(self, calls: _protocol.Calls) -> Any:
+        """Run a call of several requests (``_protocol.Calls``) to its result."""
+        try:
+            request = next(calls)
+            while True:
+                try:
+                    answer = self._exchange(request)
+                except HTTPException as exc:
+                    request = calls.throw(exc)
+                else:
+                    request = calls.send(answer)
+        except StopIteration as done:
+            return done.value
 
     def get(self, key: str, default: Any = None) -> Any:
         """As ``AgentDataStoreProxy.get``."""
@@ -209,13 +228,8 @@ class RemoteDataStoreProxy(_RemoteBase):
     def _listing(
         self, operation: str, prefix: object, limit: object, start_after: object
     ) -> list[Any]:
-        pages = _protocol.listing(self._scope, operation, prefix, limit, start_after)
-        request = next(pages)
-        while True:
-            try:
-                request = pages.send(self._send(request))
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        calls = _protocol.listing(self._scope, operation, prefix, limit, start_after)
+        return self._drive(calls)  # type: ignore[no-any-return]
 
     def list_keys(
         self,
@@ -269,11 +283,11 @@ class RemoteDataStoreProxy(_RemoteBase):
         return int(self._send(Request("clear", {"namespace": self.namespace})))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """As ``AgentDataStoreProxy.get_many``."""
-        request = _protocol.get_many_request(self._scope, keys)
-        if not request.body["keys"]:
-            return {}
-        return dict(self._send(request))
+        """As ``AgentDataStoreProxy.get_many``. The service answers at most ``max_batch``
+        keys, and at most its byte budget, per request: a larger call is several requests,
+        so it is not a snapshot."""
+        calls = _protocol.get_many_calls(self._scope, keys, self._service.limits)
+        return self._drive(calls)  # type: ignore[no-any-return]
 
     def set_many(
         self,
@@ -282,11 +296,11 @@ class RemoteDataStoreProxy(_RemoteBase):
         *,
         ttl: float | timedelta | None = None,
     ) -> int:
-        """As ``AgentDataStoreProxy.set_many``."""
-        request = _protocol.set_many_request(self._scope, items, metadata, ttl)
-        if not request.body["items"]:
-            return 0
-        return int(self._send(request))
+        """As ``AgentDataStoreProxy.set_many``. Every item is checked before anything is
+        sent; a batch over the service's ``max_batch`` or body limit is sent in parts, each
+        written before the next is sent."""
+        calls = _protocol.set_many_calls(self._scope, items, metadata, ttl, self._service.limits)
+        return int(self._drive(calls))
 
     def close(self) -> None:
         """Close the HTTP client this proxy made (and its ``use_namespace`` proxies share)."""
@@ -325,9 +339,9 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
             url, token, namespace, timeout, http_client, asynchronous=True
         )
 
-    async def _send(self, request: Request) -> Any:
+    async def _exchange(self, request: Request) -> Any:
         service = self._service
-        content = _protocol.dumps(request.body)
+        content = request.content or _protocol.dumps(request.body)
         for attempt in service.ATTEMPTS:
             try:
                 response = await service.client.post(
@@ -338,8 +352,24 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
                 if failure is None:
                     continue
                 raise failure from exc
-            return _protocol.result_of(response.status_code, response.content, response.headers)
+            return _protocol.answer_of(response.status_code, response.content, response.headers)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, request: Request) -> Any:
+        return (await self._exchange(request))["result"]
+
+    async def _drive(self, calls: _protocol.Calls) -> Any:
+        try:
+            request = next(calls)
+            while True:
+                try:
+                    answer = await self._exchange(request)
+                except HTTPException as exc:
+                    request = calls.throw(exc)
+                else:
+                    request = calls.send(answer)
+        except StopIteration as done:
+            return done.value
 
     async def get(self, key: str, default: Any = None) -> Any:
         answer = await self._send(_protocol.get_request(self._scope, key))
@@ -371,13 +401,8 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
     async def _listing(
         self, operation: str, prefix: object, limit: object, start_after: object
     ) -> list[Any]:
-        pages = _protocol.listing(self._scope, operation, prefix, limit, start_after)
-        request = next(pages)
-        while True:
-            try:
-                request = pages.send(await self._send(request))
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        calls = _protocol.listing(self._scope, operation, prefix, limit, start_after)
+        return await self._drive(calls)  # type: ignore[no-any-return]
 
     async def list_keys(
         self,
@@ -425,10 +450,8 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
         return int(await self._send(Request("clear", {"namespace": self.namespace})))
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        request = _protocol.get_many_request(self._scope, keys)
-        if not request.body["keys"]:
-            return {}
-        return dict(await self._send(request))
+        calls = _protocol.get_many_calls(self._scope, keys, self._service.limits)
+        return await self._drive(calls)  # type: ignore[no-any-return]
 
     async def set_many(
         self,
@@ -437,10 +460,8 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
         *,
         ttl: float | timedelta | None = None,
     ) -> int:
-        request = _protocol.set_many_request(self._scope, items, metadata, ttl)
-        if not request.body["items"]:
-            return 0
-        return int(await self._send(request))
+        calls = _protocol.set_many_calls(self._scope, items, metadata, ttl, self._service.limits)
+        return int(await self._drive(calls))
 
     async def aclose(self) -> None:
         if self._service.owned:

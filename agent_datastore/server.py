@@ -12,19 +12,20 @@ and uvicorn for ``agent-datastore serve``).
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 try:
     from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - the server extra is not installed
@@ -32,18 +33,28 @@ except ImportError as exc:  # pragma: no cover - the server extra is not install
         "agent_datastore.server needs its extra: pip install 'agent-datastore[server]'"
     ) from exc
 
-from . import _core, _protocol
+from . import _core, _protocol, _serving
+from . import _operations as ops
 from ._async import AsyncDataStore
-from ._exceptions import HTTPException, TokenRejected
+from ._exceptions import DataStoreUnavailable, HTTPException, TokenRejected
 from ._items import Item, ItemInfo
+from ._serving import DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 from ._store import DataStore
 from ._tokens import _check_audience, _secret_bytes, verify_token
 
-__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_BODY_BYTES", "create_app", "serve"]
+__all__ = [
+    "DEFAULT_MAX_ANSWER_BYTES",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
+    "create_app",
+    "serve",
+]
 
-# A value may be up to 16 MiB of BSON, which is at most about as much JSON for typical data.
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_BATCH = 1_000
+DEFAULT_MAX_BODY_BYTES = _protocol.DEFAULT_MAX_BODY_BYTES
+DEFAULT_MAX_BATCH = _protocol.DEFAULT_MAX_BATCH
+
+JSON = "application/json"
 
 logger = logging.getLogger("agent_datastore.server")
 
@@ -97,18 +108,6 @@ def _too_large(detail: str) -> HTTPException:
     return HTTPException(413, detail)
 
 
-def _object_of(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        raise ValueError("the request body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"the request body is not JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise TypeError(f"the request body must be a JSON object, not {type(document).__name__}")
-    return document
-
-
 def _ttl_of(body: dict[str, Any]) -> timedelta | None:
     milliseconds = body.get("ttl_ms")
     if milliseconds is None:
@@ -121,69 +120,128 @@ def _ttl_of(body: dict[str, Any]) -> timedelta | None:
         raise ValueError(f"ttl_ms {milliseconds} is out of range") from None
 
 
-def _item_json(item: Item | None) -> Any:
-    return None if item is None else _protocol.item_to_json(item)
-
-
-def _infos_json(infos: list[ItemInfo]) -> list[dict[str, Any]]:
-    return [_protocol.item_info_to_json(info) for info in infos]
-
-
 def _check_listing_limit(limit: object) -> None:
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > _core.KEY_PAGE_SIZE:
         raise _too_large(f"a listing returns at most {_core.KEY_PAGE_SIZE} per request")
 
 
 _MISSING = object()
+# Operations whose answer holds stored values or metadata, and so takes room in the budget.
+_READS = frozenset({"get", "get_item", "get_many", "list_items"})
+# What a read takes of the budget before it knows its size; a single value may need more.
+_READ_ROOM = 1024 * 1024
 
 
-def _same(result: Any) -> Any:
-    return result
+class _Answer(NamedTuple):
+    """An operation's answer: the fields of the JSON document, besides ``result``, that it
+    adds (``remaining``, ``more``), and the stored bytes it stands for (0: small)."""
+
+    result: Any
+    extra: dict[str, Any]
+    size: int
 
 
-def _found(value: Any) -> dict[str, Any]:
-    if value is _MISSING:
-        return {"found": False, "value": None}
-    return {"found": True, "value": value}
+def _plain(result: Any) -> _Answer:
+    return _Answer(result, {}, 0)
 
 
-def _call(proxy: Any, operation: str, body: dict[str, Any]) -> tuple[Any, Callable[[Any], Any]]:
-    """The proxy method call (not yet awaited, for an async proxy) that serves ``operation``,
-    and how its result becomes JSON."""
+def _operation(
+    scope: _core.Scope, settings: ops.Settings, operation: str, body: dict[str, Any], room: int
+) -> tuple[ops.Operation[Any], Callable[[Any], _Answer]]:
+    """The operation that serves ``operation`` for ``body``, and how its result becomes the
+    answer. ``room`` bounds what a batch read reads (at least one item)."""
     key = body.get("key")
-    same = _same
     if operation == "get":
-        return proxy.get(key, _MISSING), _found
+
+        def found(result: tuple[Any, int]) -> _Answer:
+            value, size = result
+            if value is _MISSING:
+                return _Answer({"found": False, "value": None}, {}, 0)
+            return _Answer({"found": True, "value": value}, {}, size)
+
+        return ops.sized_get(scope, settings, key, _MISSING), found
     if operation == "get_item":
-        return proxy.get_item(key), _item_json
+
+        def item(result: tuple[Item | None, int]) -> _Answer:
+            found_item, size = result
+            answer = None if found_item is None else _protocol.item_to_json(found_item)
+            return _Answer(answer, {}, size)
+
+        return ops.sized_get_item(scope, settings, key), item
     if operation == "set":
-        call = proxy.set(
-            key,
-            body.get("value"),
-            body.get("metadata"),
-            ttl=_ttl_of(body),
-            if_version=body.get("if_version"),
-        )
-        return call, same
+        value, metadata, version = body.get("value"), body.get("metadata"), body.get("if_version")
+        return ops.put(scope, settings, key, value, metadata, _ttl_of(body), version), _plain
     if operation == "increment":
-        return proxy.increment(key, body.get("amount", 1), ttl=_ttl_of(body)), same
+        amount = body.get("amount", 1)
+        return ops.increment(scope, settings, key, amount, _ttl_of(body)), _plain
     if operation == "delete":
-        return proxy.delete(key, if_version=body.get("if_version")), same
-    if operation in ("list_keys", "list_items"):
+        return ops.delete(scope, settings, key, body.get("if_version")), _plain
+    if operation == "list_keys":
         limit = body.get("limit")
         _check_listing_limit(limit)
-        method = getattr(proxy, operation)
-        call = method(body.get("prefix"), limit=limit, start_after=body.get("start_after"))
-        return call, (same if operation == "list_keys" else _infos_json)
+        prefix, start = body.get("prefix"), body.get("start_after")
+        return ops.list_keys(scope, settings, prefix, limit, start), _plain
+    if operation == "list_items":
+        limit = body.get("limit")
+        _check_listing_limit(limit)
+
+        def infos(result: tuple[list[ItemInfo], bool, int]) -> _Answer:
+            page, complete, size = result
+            listed = [_protocol.item_info_to_json(info) for info in page]
+            return _Answer(listed, {} if complete else {"more": True}, size)
+
+        prefix, start = body.get("prefix"), body.get("start_after")
+        return ops.list_items_within(scope, settings, prefix, limit, start, room), infos
     if operation == "list_namespaces":
-        return proxy.list_namespaces(), same
+        return ops.list_namespaces(scope, settings), _plain
     if operation == "clear":
-        return proxy.clear(), same
+        return ops.clear(scope, settings), _plain
     if operation == "get_many":
-        return proxy.get_many(body.get("keys")), same
+
+        def values(result: tuple[dict[str, Any], list[str], int]) -> _Answer:
+            found_values, unread, size = result
+            return _Answer(found_values, {"remaining": unread} if unread else {}, size)
+
+        return ops.get_many_within(scope, settings, body.get("keys"), room), values
     assert operation == "set_many"
-    call = proxy.set_many(body.get("items"), body.get("metadata"), ttl=_ttl_of(body))
-    return call, same
+    items, metadata = body.get("items"), body.get("metadata")
+    return ops.set_many(scope, settings, items, metadata, _ttl_of(body)), _plain
+
+
+def _encode_answer(answer: _Answer, max_bytes: int, piecewise: bool) -> bytes:
+    """The answer's JSON, at most ``max_bytes`` (but always one value): a ``get_many`` or
+    ``list_items`` answer over it keeps what fits, and names the rest as ``remaining`` keys or
+    says there is ``more``. ``piecewise`` encodes with the pure-Python encoder (in a worker
+    thread: see ``_serving``)."""
+    dumps = _serving.dumps_piecewise if piecewise else _protocol.dumps
+    result, extra = answer.result, answer.extra
+    if not answer.size:
+        return dumps({"result": result, **extra})
+    if isinstance(result, dict) and "found" not in result:  # get_many
+        pieces = [(key, dumps(key) + b":" + dumps(value)) for key, value in result.items()]
+        kept = _fitting(pieces, max_bytes)
+        remaining = [key for key, _ in pieces[len(kept) :]] + extra.get("remaining", [])
+        tail = b',"remaining":' + dumps(remaining) if remaining else b""
+        return b'{"result":{' + b",".join(kept) + b"}" + tail + b"}"
+    if isinstance(result, list):  # list_items
+        pieces = [(None, dumps(info)) for info in result]
+        kept = _fitting(pieces, max_bytes)
+        more = len(kept) < len(pieces) or bool(extra)
+        return b'{"result":[' + b",".join(kept) + b"]" + (b',"more":true' if more else b"") + b"}"
+    return dumps({"result": result, **extra})
+
+
+def _fitting(pieces: list[tuple[Any, bytes]], max_bytes: int) -> list[bytes]:
+    """The first pieces whose JSON, with separators and the envelope, fits in ``max_bytes``;
+    always the first one."""
+    kept: list[bytes] = []
+    total = 64  # the envelope, and the "remaining" list's brackets, roughly
+    for _, piece in pieces:
+        total += len(piece) + 1
+        if kept and total > max_bytes:
+            break
+        kept.append(piece)
+    return kept
 
 
 def _batch_size(operation: str, body: dict[str, Any]) -> int:
@@ -199,6 +257,8 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     rate_limit: tuple[int, float] | None = None,
     audience: str | None = None,
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
 ) -> Starlette:
     """An ASGI application serving ``store`` to the holders of tokens signed with ``secret``.
 
@@ -208,26 +268,47 @@ def create_app(
     per period (the whole number at once, then at the average rate), and answers 429 with
     ``Retry-After`` beyond it. With ``audience``, only tokens issued for that audience
     (``issue_token(..., audience=)``) are accepted; without, only tokens that name none.
+
+    No answer holds more than ``max_answer_bytes`` of JSON, but a single value larger than
+    that is still answered alone: a ``get_many`` past it answers what fits and names the keys
+    still to fetch (``remaining``), a ``list_items`` page past it ends early (``more``), and
+    the remote proxies fetch the rest. Requests in flight hold at most about
+    ``max_inflight_bytes`` (their bodies, what parsing and encoding them takes, and their
+    answers): a request past it waits briefly, then is answered 503 with ``Retry-After``; one
+    that would need more than all of it alone is answered 413.
     """
     if not isinstance(store, (DataStore, AsyncDataStore)):
         raise TypeError(f"store must be a DataStore or AsyncDataStore, not {type(store).__name__}")
     key = _secret_bytes(secret)
     audience = _check_audience(audience)
-    for name, limit in (("max_body_bytes", max_body_bytes), ("max_batch", max_batch)):
+    for name, limit in (
+        ("max_body_bytes", max_body_bytes),
+        ("max_batch", max_batch),
+        ("max_answer_bytes", max_answer_bytes),
+        ("max_inflight_bytes", max_inflight_bytes),
+    ):
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"{name} must be a positive integer, not {limit!r}")
     limiter = None if rate_limit is None else _RateLimiter(*rate_limit)
+    budget = _serving.InflightBudget(max_inflight_bytes)
     asynchronous = isinstance(store, AsyncDataStore)
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(request: Request, hold: _serving.Hold) -> bytes:
+        """The body, counted against the budget as it arrives: its declared length at once
+        (so a request that cannot fit waits before anything is read), else chunk by chunk."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            raise _too_large(f"the request body is over {max_body_bytes} bytes")
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        if length is not None:
+            if length > max_body_bytes:
+                raise _too_large(f"the request body is over {max_body_bytes} bytes")
+            await hold.take(length)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body_bytes:
                 raise _too_large(f"the request body is over {max_body_bytes} bytes")
+            if length is None or size > length:
+                await hold.take(len(chunk))
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -241,16 +322,13 @@ def create_app(
         scope = verify_token(key, token.strip(), audience=audience)
         return scope.token_id, scope
 
-    async def serve(request: Request, operation: str) -> Any:
-        token, scope = authorize(request)
-        if limiter is not None:
-            wait = limiter.wait_needed(token, scope.expires_at)
-            if wait:
-                seconds = str(max(1, math.ceil(wait)))
-                raise HTTPException(
-                    429, "too many requests for this token", {"Retry-After": seconds}
-                )
-        body = _object_of(await read_body(request))
+    async def checked_body(request: Request, operation: str, hold: _serving.Hold) -> Any:
+        raw = await read_body(request, hold)
+        parsed = _serving.ParsedBody(raw)
+        await hold.take(parsed.cost - hold.held)  # what parsing and encoding it will hold
+        body = await _serving.parse_body(parsed)
+        if not isinstance(body, dict):
+            raise TypeError(f"the request body must be a JSON object, not {type(body).__name__}")
         spec = _protocol.OPERATIONS[operation]
         unknown = sorted(set(body) - spec.fields)
         if unknown:
@@ -266,35 +344,71 @@ def create_app(
             raise ValueError(f"{operation} needs the field {', '.join(map(repr, missing))}")
         if _batch_size(operation, body) > max_batch:
             raise _too_large(f"a batch has at most {max_batch} items")
-        namespace = body.get("namespace", "default")
+        return body, not parsed.inline
+
+    async def serve(request: Request, operation: str, hold: _serving.Hold) -> bytes:
+        token_id, token_scope = authorize(request)
+        if limiter is not None:
+            wait = limiter.wait_needed(token_id, token_scope.expires_at)
+            if wait:
+                seconds = str(max(1, math.ceil(wait)))
+                raise HTTPException(
+                    429, "too many requests for this token", {"Retry-After": seconds}
+                )
+        body, large_body = await checked_body(request, operation, hold)
+        scope = _core.Scope.of(
+            token_scope.user_id, token_scope.agent_name, body.get("namespace", "default")
+        )
+        room = 0
+        if operation in _READS:
+            wanted = max_answer_bytes if operation in ("get_many", "list_items") else _READ_ROOM
+            room = await hold.take_for_answer(wanted, min(_READ_ROOM, max_answer_bytes))
+        work, answer_of = _operation(scope, store._settings(), operation, body, room)
+        # batch reads decode many values: like large bodies, their own work runs off the loop
+        off_loop = large_body or operation in ("get_many", "list_items")
         if asynchronous:
-            proxy = store.proxy(scope.user_id, scope.agent_name, namespace)
-            call, to_json = _call(proxy, operation, body)
-            return to_json(await call)
+            assert isinstance(store, AsyncDataStore)
+            result = await store._run(work, off_loop=off_loop)
+        else:
+            result = await run_in_threadpool(store._run, work)
+        answer = answer_of(result)
+        hold.take_now(answer.size - room)  # a single value larger than the room it took
+        if answer.size > _serving.LARGE_ANSWER_BYTES:
+            content = await asyncio.to_thread(_encode_answer, answer, max_answer_bytes, True)
+        else:
+            content = _encode_answer(answer, max_answer_bytes, False)
+        hold.take_now(len(content))
+        return content
 
-        def run() -> Any:
-            proxy = store.proxy(scope.user_id, scope.agent_name, namespace)
-            call, to_json = _call(proxy, operation, body)
-            return to_json(call)
-
-        return await run_in_threadpool(run)
+    def error_response(operation: str, exc: Exception) -> Response:
+        status, body = _protocol.encode_error(exc)
+        if status == 500 or isinstance(exc, DataStoreUnavailable):  # not a busy service's 503
+            logger.error("%s failed: %s", operation, exc, exc_info=exc)
+        if status == 413:
+            # so that a remote proxy can split its batch to fit, and send it again
+            body["error"]["limits"] = {"max_batch": max_batch, "max_body_bytes": max_body_bytes}
+        headers = getattr(exc, "headers", None) if status in (429, 503) else None
+        return Response(_protocol.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
     def endpoint(operation: str) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
+            hold = _serving.Hold(budget)
             try:
-                result = await serve(request, operation)
-                return Response(_protocol.dumps({"result": result}), media_type="application/json")
+                content = await serve(request, operation, hold)
+            except ClientDisconnect:
+                # the client went away, or the connection's deadline closed it, before its
+                # body arrived whole: nobody is left to answer
+                hold.release()
+                logger.info("%s: the client left before its request was whole", operation)
+                return Response(status_code=400)
             except Exception as exc:
-                status, body = _protocol.encode_error(exc)
-                if status >= 500:
-                    logger.error("%s failed: %s", operation, exc, exc_info=exc)
-                headers = getattr(exc, "headers", None) if status == 429 else None
-                return Response(
-                    _protocol.dumps(body),
-                    status_code=status,
-                    media_type="application/json",
-                    headers=headers,
-                )
+                hold.release()
+                return error_response(operation, exc)
+            except BaseException:  # cancelled: the client went away
+                hold.release()
+                raise
+            # the answer's bytes stay counted until they have been sent
+            return Response(content, media_type=JSON, background=BackgroundTask(hold.release))
 
         return handle
 
@@ -306,7 +420,9 @@ def create_app(
         for name in _protocol.OPERATIONS
     ]
     routes.append(Route(f"{_protocol.API_PREFIX}/openapi.json", openapi, methods=["GET"]))
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.inflight_budget = budget  # for metrics and tests: what requests hold now
+    return app
 
 
 # Longer than a client's own keep-alive (httpx: 5 s), so that a client never sends a request on

@@ -13,6 +13,7 @@ import itertools
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ class Mount:
 
     def __init__(self) -> None:
         self.apps: dict[str, Any] = {}
+        self.requests: Counter[str] = Counter()  # requests received, by application
         self._names = itertools.count()
 
     def add(self, app: Any) -> str:
@@ -45,6 +47,7 @@ class Mount:
             return  # nothing to start or stop: stores belong to the tests
         name, _, rest = scope["path"].lstrip("/").partition("/")
         app = self.apps[name]
+        self.requests[name] += 1
         path = "/" + rest
         await app({**scope, "path": path, "raw_path": path.encode()}, receive, send)
 
@@ -116,6 +119,11 @@ class RemoteStore:
         self.url = service.mount_app(self.app)
         self._proxies: list[Any] = []
         self._runner = LoopThread() if self.asynchronous else None
+
+    @property
+    def requests(self) -> int:
+        """How many HTTP requests this store's application has received."""
+        return self.service.mount.requests[self.url.rsplit("/", 1)[1]]
 
     def token(self, user_id: str, agent_name: str) -> str:
         return issue_token(SECRET, user_id, agent_name)

@@ -47,15 +47,27 @@ def test_a_body_without_a_length_is_counted_as_it_arrives(limited: RemoteStore) 
     assert limited.proxy("user-1", "agent-a").get("k") is None
 
 
-def test_a_batch_over_the_limit_is_413(limited: RemoteStore) -> None:
+def test_a_batch_over_the_limit_is_413_and_the_proxy_sends_it_in_parts(
+    limited: RemoteStore,
+) -> None:
+    token = limited.token("user-2", "agent-a")
+    before = snapshot(limited.backend)
+    for operation, body in [
+        ("set_many", {"items": {"a": 0, "b": 0, "c": 0, "d": 0}}),
+        ("get_many", {"keys": ["a", "b", "c", "d"]}),
+    ]:
+        response = httpx.post(
+            f"{limited.url}/v1/{operation}",
+            json=body,
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 413
+        assert "at most 3 items" in response.json()["error"]["message"]
+    assert snapshot(limited.backend) == before
+    # the proxy learns the limit from the first 413, then sends 3 + 1 (rate limit: 5)
     proxy = limited.proxy("user-1", "agent-a")
-    assert proxy.set_many({"a": 1, "b": 2, "c": 3}) == 3
-    with pytest.raises(HTTPException, match="at most 3 items") as raised:
-        proxy.set_many({"a": 0, "b": 0, "c": 0, "d": 0})
-    assert raised.value.status_code == 413
-    with pytest.raises(HTTPException, match="at most 3 items"):
-        proxy.get_many(["a", "b", "c", "d"])
-    assert proxy.get_many(["a", "b", "c", "d"][:3]) == {"a": 1, "b": 2, "c": 3}
+    assert proxy.set_many({"a": 1, "b": 2, "c": 3, "d": 4}) == 4
+    assert proxy.get_many(["a", "b", "c", "d"]) == {"a": 1, "b": 2, "c": 3, "d": 4}
 
 
 def test_a_listing_page_over_the_cap_is_413(service: ServiceThread) -> None:

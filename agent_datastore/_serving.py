@@ -1,0 +1,230 @@
+"""How the store service keeps one tenant's large request from holding up the others: a
+budget of bytes in flight, request bodies parsed off the event loop, and large answers encoded
+off it. Used by ``server``; no I/O of its own.
+
+What costs the service time is not a body's bytes but the JSON values in it: ``json.loads``
+reads a 30 MiB string in about 30 ms but 30 MiB of empty objects in over 2 s, in C code that
+holds the GIL the whole time, so a worker thread alone would not free the event loop. A body
+is therefore parsed by one of three paths, chosen by an upper bound on its number of values
+that costs a few ``bytes.count`` calls (each at memory speed):
+
+- small bodies (most requests) with ``json.loads`` on the loop: well under a millisecond;
+- larger bodies with few values with ``json.loads`` in a worker thread, holding the GIL for at
+  most about 20 ms;
+- bodies with many values with the standard library's pure-Python scanner in a worker thread:
+  about five times slower, but as Python code it lets the event loop run every few
+  milliseconds, whatever the body holds.
+
+All three are the standard library's own decoder, so every body means the same whichever path
+reads it. Answers are encoded the same way: ``json.dumps`` for small ones, the pure-Python
+``iterencode`` in a worker thread for large ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import json.scanner
+from collections import deque
+from typing import Any
+
+from ._exceptions import HTTPException
+
+__all__ = [
+    "BUSY_WAIT_SECONDS",
+    "DEFAULT_MAX_ANSWER_BYTES",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
+    "Hold",
+    "InflightBudget",
+    "ParsedBody",
+    "dumps_piecewise",
+    "parse_body",
+]
+
+DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+# How long a request waits for room in the budget before it is answered 503.
+BUSY_WAIT_SECONDS = 2.0
+BUSY_RETRY_AFTER_SECONDS = 1
+
+# Parsed on the event loop: at most about 16 KiB of JSON, well under a millisecond.
+INLINE_PARSE_BYTES = 16 * 1024
+# Parsed by json.loads in a worker thread: up to this many values, about 20 ms of C code at
+# worst (measured: 160 ns per empty object, the costliest value per byte).
+FAST_PARSE_VALUES = 100_000
+# Encoded off the loop: answers that stand for more than this many stored bytes.
+LARGE_ANSWER_BYTES = 256 * 1024
+
+# What parsing and encoding a body costs in memory besides its bytes, per value, as counted
+# by ``parse_body``: a dict or list is about 64 bytes in CPython, held twice (the parsed value
+# and the encoded copy the store writes); any other value, a pointer and usually an object.
+# The text itself is held up to four times (the bytes, their decoding, the parsed strings and
+# the driver's BSON).
+_CONTAINER_COST = 128
+_VALUE_COST = 32
+_TEXT_COPIES = 4
+
+
+class _PureDecoder(json.JSONDecoder):
+    """``json.JSONDecoder`` with the standard library's pure-Python scanner: the same grammar
+    and values as ``json.loads``, run as Python code (strings are still read by the C
+    ``scanstring``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # the typeshed stubs omit it, but it is public in the module and always defined
+        self.scan_once = json.scanner.py_make_scanner(self)  # type: ignore[attr-defined]
+
+
+_PURE_DECODER = _PureDecoder()
+# The same output as ``_protocol.dumps``; ``iterencode`` without ``_one_shot`` is the
+# pure-Python encoder, which yields pieces as it goes.
+_PIECEWISE_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class ParsedBody:
+    """A request body's size and the memory its parsing and encoding are expected to take,
+    before it is parsed."""
+
+    __slots__ = ("body", "containers", "cost", "values")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.containers = body.count(b"{") + body.count(b"[")
+        # every value but the first follows a comma or opens a container (an upper bound:
+        # commas and brackets inside strings count too)
+        self.values = self.containers + body.count(b",") + 1
+        self.cost = (
+            _TEXT_COPIES * len(body)
+            + _CONTAINER_COST * self.containers
+            + _VALUE_COST * (self.values - self.containers)
+        )
+
+    @property
+    def inline(self) -> bool:
+        return len(self.body) <= INLINE_PARSE_BYTES
+
+    def parse(self) -> Any:
+        """The body as JSON: UTF-8 only (``json.loads`` would also take UTF-16 and UTF-32)."""
+        try:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"the request body is not UTF-8 ({exc.reason})") from None
+        try:
+            if self.values <= FAST_PARSE_VALUES:
+                return json.loads(text)
+            return _PURE_DECODER.decode(text)
+        except RecursionError:
+            raise ValueError("the request body is nested too deeply") from None
+        except ValueError as exc:
+            raise ValueError(f"the request body is not JSON ({exc})") from None
+
+
+async def parse_body(parsed: ParsedBody) -> Any:
+    """``parsed.parse()``, on the loop for a small body, else in a worker thread."""
+    if parsed.inline:
+        return parsed.parse()
+    return await asyncio.to_thread(parsed.parse)
+
+
+def dumps_piecewise(document: Any) -> bytes:
+    """``_protocol.dumps`` by the pure-Python encoder: slower, but it lets other threads
+    (the event loop) run while it works."""
+    return "".join(_PIECEWISE_ENCODER.iterencode(document)).encode("utf-8")
+
+
+class InflightBudget:
+    """Bytes that requests in flight may hold at once: bodies being read, parsed and encoded,
+    and answers being built and sent. A request takes what it needs as it goes (``Hold``);
+    when there is no room, it waits up to ``BUSY_WAIT_SECONDS`` for others to finish, then is
+    answered 503 with ``Retry-After``. A request that would need more than the whole budget on
+    its own is answered 413 at once.
+
+    Only the event loop touches it, so it needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self, amount: int) -> None:
+        if amount <= 0:
+            return
+        if amount > self.limit:
+            raise HTTPException(
+                413,
+                f"the request would hold about {amount} bytes in the service, over its "
+                f"in-flight budget of {self.limit} bytes: send less at once",
+            )
+        if self.used + amount > self.limit:
+            await self._wait_for_room(amount)
+        self.used += amount
+
+    async def _wait_for_room(self, amount: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_WAIT_SECONDS
+        while self.used + amount > self.limit:
+            remaining = deadline - loop.time()
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                raise HTTPException(
+                    503,
+                    "the service is busy with other requests: try again shortly",
+                    {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+                ) from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def take_now(self, amount: int) -> None:
+        """Count ``amount`` that is already held (a value larger than expected, read): it may
+        take the budget past its limit, so that requests after it wait."""
+        self.used += max(0, amount)
+
+    def give_back(self, amount: int) -> None:
+        if amount <= 0:
+            return
+        self.used -= amount
+        while self._waiters:  # each waiter checks again whether it fits now
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class Hold:
+    """What one request holds of the budget; ``release`` gives it all back once the answer
+    has been sent."""
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: InflightBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    async def take(self, amount: int) -> None:
+        await self._budget.take(amount)
+        self.held += amount
+
+    def take_now(self, amount: int) -> None:
+        self._budget.take_now(amount)
+        self.held += max(0, amount)
+
+    def release(self) -> None:
+        held, self.held = self.held, 0
+        self._budget.give_back(held)
+
+    async def take_for_answer(self, wanted: int, minimum: int) -> int:
+        """Room for an answer of up to ``wanted`` bytes: as much as is free now if that is at
+        least ``minimum``, else ``minimum`` once it is (or 503). Reads are bounded by what
+        they get, so that under load answers come in smaller pages rather than not at all."""
+        free = self._budget.limit - self._budget.used
+        amount = min(wanted, free) if free >= minimum else minimum
+        # never more than the budget leaves beside what this request already holds
+        amount = max(1, min(amount, self._budget.limit - self.held))
+        await self.take(amount)
+        return amount
