@@ -333,9 +333,9 @@ def serve(
     A connection whose request (headers and body) has not arrived whole ``request_timeout``
     seconds after the connection was accepted, or after the request's first byte, is closed.
     At most ``max_connections`` are open at once, and new ones are closed at once beyond it;
-    by default as many as the open-file limit allows (which ``serve`` raises toward the hard
-    limit) after the files kept for the database's pool and for accepting connections, at most
-    10,000."""
+    by default as many as the open-file limit allows (which ``serve`` raises as far as it needs,
+    within the hard limit) after the files kept for the database's pool and for accepting
+    connections, at most 10,000."""
     import asyncio
 
     import uvicorn
