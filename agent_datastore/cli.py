@@ -15,9 +15,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 try:
     import click
+    from click.core import ParameterSource
 except ImportError as exc:  # pragma: no cover - the cli extra is not installed
     raise SystemExit(
         "agent-datastore: the command needs its extra: pip install 'agent-datastore[cli]'"
@@ -538,13 +540,57 @@ def _rate_limit(text: str | None) -> tuple[int, float] | None:
         ) from None
 
 
+def _has_password(uri: str) -> bool:
+    try:
+        return bool(urlsplit(uri).password)
+    except ValueError:  # not a URI at all: the store says so when it opens it
+        return False
+
+
+def _served_uri(ctx: click.Context, uri: str | None, embedded: bool) -> str:
+    """The URI to serve: serve's --uri, else the main --uri (each may come from
+    $AGENT_DATASTORE_URI); the embedded store only when --embedded asks for it."""
+    source = ctx
+    if not uri:
+        uri = ctx.ensure_object(dict).get("uri")
+        source = ctx.parent or ctx
+    if embedded:
+        if uri:
+            raise CommandError(
+                "--embedded serves a new in-memory store: give no --uri and unset "
+                "AGENT_DATASTORE_URI",
+                EXIT_USAGE,
+            )
+        return "mongomock://"
+    if not uri:
+        raise CommandError(
+            "serve needs a database: set AGENT_DATASTORE_URI (or pass --uri); --embedded "
+            "serves a new in-memory store instead, for tests and demos",
+            EXIT_USAGE,
+        )
+    from_command_line = source.get_parameter_source("uri") == ParameterSource.COMMANDLINE
+    if from_command_line and _has_password(uri):
+        # never the URI itself: the warning may end up in logs that more people read
+        click.echo(
+            "agent-datastore: warning: the --uri on the command line holds a password, which "
+            "every local user can read in the process list; export AGENT_DATASTORE_URI instead",
+            err=True,
+        )
+    return uri
+
+
 @cli.command()
 @click.option(
     "--uri",
     envvar="AGENT_DATASTORE_URI",
     metavar="URI",
-    help="The database to serve (default: the main --uri, $AGENT_DATASTORE_URI, else a new "
-    "in-memory store).",
+    help="The database to serve (default: the main --uri, else $AGENT_DATASTORE_URI, the "
+    "way to pass a password).",
+)
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="Serve a new in-memory store instead of a database: nothing persists (tests, demos).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
@@ -574,39 +620,59 @@ def _rate_limit(text: str | None) -> tuple[int, float] | None:
     help="Accept only tokens issued for this audience (issue_token(..., audience=NAME)); "
     "without it, only tokens that name no audience. Default: $AGENT_DATASTORE_AUDIENCE.",
 )
+@click.option(
+    "--request-timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="A connection whose request has not arrived whole (headers and body) this long after "
+    "it was accepted, or after the request began, is closed.",
+)
+@click.option(
+    "--max-connections",
+    metavar="N",
+    type=click.IntRange(min=1),
+    help="Open connections at most; new ones beyond it are closed at once. Default: what the "
+    "open-file limit allows after the database's pool, at most 10000.",
+)
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
 @click.pass_context
 def serve(
     ctx: click.Context,
     uri: str | None,
+    embedded: bool,
     host: str,
     port: int,
     max_body_bytes: int,
     max_batch: int,
     rate_limit: str | None,
     audience: str | None,
+    request_timeout: float,
+    max_connections: int | None,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
 ) -> None:
     """Serve the store over HTTP to remote proxies (the server extra).
 
     Each request must carry a token from agent_datastore.issue_token, signed with the secret
-    in $AGENT_DATASTORE_SECRET (at least 32 bytes). See docs/remote.md.
+    in $AGENT_DATASTORE_SECRET (at least 32 bytes). The database comes from
+    $AGENT_DATASTORE_URI (or --uri, which other local users can read); --embedded serves a
+    new in-memory store instead. See docs/remote.md.
     """
     secret = os.environ.get("AGENT_DATASTORE_SECRET")
     if not secret:
         raise CommandError(
             "set AGENT_DATASTORE_SECRET to the secret the runtime signs tokens with", EXIT_USAGE
         )
-    uri = uri or ctx.ensure_object(dict).get("uri")
-    if not uri:
+    uri = _served_uri(ctx, uri, embedded)
+    if uri.startswith("mongomock://"):
         click.echo(
-            "agent-datastore: no --uri or AGENT_DATASTORE_URI: serving a new in-memory store; "
-            "nothing persists",
+            "agent-datastore: serving a new in-memory store: nothing persists; for tests and "
+            "demos only",
             err=True,
         )
-        uri = "mongomock://"
     try:
         from .server import serve as run_service
     except ImportError as exc:
@@ -618,6 +684,8 @@ def serve(
         port=port,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
+        request_timeout=request_timeout,
+        max_connections=max_connections,
         max_body_bytes=max_body_bytes,
         max_batch=max_batch,
         rate_limit=_rate_limit(rate_limit),

@@ -438,18 +438,34 @@ def serve(
     port: int = 8080,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    request_timeout: float = 30.0,  # _connections.DEFAULT_REQUEST_TIMEOUT, imported late
+    max_connections: int | None = None,
     **app_options: Any,
 ) -> None:
     """Run the service with uvicorn until it is stopped (Ctrl-C or SIGTERM): open a store on
     ``uri``, serve it with ``create_app(store, secret, **app_options)``, close it at the end.
-    With ``ssl_certfile`` and ``ssl_keyfile`` the service speaks HTTPS."""
+    With ``ssl_certfile`` and ``ssl_keyfile`` the service speaks HTTPS.
+
+    A connection whose request (headers and body) has not arrived whole ``request_timeout``
+    seconds after the connection was accepted, or after the request's first byte, is closed.
+    At most ``max_connections`` are open at once, and new ones are closed at once beyond it;
+    by default as many as the open-file limit allows (which ``serve`` raises as far as it needs,
+    within the hard limit) after the files kept for the database's pool and for accepting
+    connections, at most 10,000."""
     import asyncio
 
     import uvicorn
 
+    from . import _connections
     from ._async import connect_async
 
     _secret_bytes(secret)  # a bad secret stops here, before anything is opened
+    _connections.check_options(request_timeout, max_connections)
+    reserved = _connections.OWN_FILES + _connections.database_pool_size(uri)
+    open_files = _connections.raise_open_file_limit(
+        _connections.files_wanted(max_connections, reserved)
+    )
+    bound, backlog = _connections.connection_limits(max_connections, reserved, open_files)
 
     async def run() -> None:
         store = connect_async(uri)
@@ -461,9 +477,20 @@ def serve(
                 port=port,
                 ssl_certfile=ssl_certfile,
                 ssl_keyfile=ssl_keyfile,
+                http=_connections.guarded_h11_protocol(request_timeout, bound),
+                backlog=backlog,
+                ws="none",
                 timeout_keep_alive=KEEP_ALIVE_SECONDS,
                 lifespan="off",
                 log_level="info",
+            )
+            # uvicorn has configured its loggers by now: this line goes with its own
+            logging.getLogger("uvicorn.error").info(
+                "At most %d connections at once (open-file limit %s); a request must arrive "
+                "whole within %g s",
+                bound,
+                open_files if open_files is not None else "none",
+                request_timeout,
             )
             await uvicorn.Server(config).serve()
         finally:

@@ -124,8 +124,13 @@ def running_service(uri: str, secret: str) -> Iterator[str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "agent_datastore.cli", "serve", "--port", str(port)]
-    command += ["--uri", uri]
     environment = {**os.environ, "AGENT_DATASTORE_SECRET": secret}
+    if uri == "mongomock://":
+        command.append("--embedded")
+        environment.pop("AGENT_DATASTORE_URI", None)
+    else:
+        # not on the command line, where other local users could read its password
+        environment["AGENT_DATASTORE_URI"] = uri
     # uvicorn logs every request: to a file, so that a full pipe can never stall the service
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)

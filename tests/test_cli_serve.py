@@ -48,7 +48,7 @@ def test_serve_answers_remote_proxies_and_stops_on_sigint() -> None:
     environment = {**os.environ, "AGENT_DATASTORE_SECRET": SECRET}
     environment.pop("AGENT_DATASTORE_URI", None)
     process = subprocess.Popen(
-        [_command(), "serve", "--port", str(port), "--max-batch", "2"],
+        [_command(), "serve", "--embedded", "--port", str(port), "--max-batch", "2"],
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -73,7 +73,7 @@ def test_serve_answers_remote_proxies_and_stops_on_sigint() -> None:
     # the command's documented code for Ctrl-C
     assert process.returncode == 130, errors
     assert "Shutting down" in errors
-    assert "serving a new in-memory store" in errors
+    assert errors.count("serving a new in-memory store: nothing persists") == 1
 
 
 @pytest.mark.parametrize(
@@ -83,6 +83,9 @@ def test_serve_answers_remote_proxies_and_stops_on_sigint() -> None:
         ("short", [], "at least 32 bytes"),
         (SECRET, ["--rate-limit", "lots"], "REQUESTS/SECONDS"),
         (SECRET, ["--rate-limit", "0/1"], "positive number of requests"),
+        (SECRET, ["--request-timeout", "0"], "--request-timeout"),
+        (SECRET, ["--request-timeout", "inf"], "request_timeout must be a positive number"),
+        (SECRET, ["--max-connections", "0"], "--max-connections"),
     ],
 )
 def test_serve_refuses_to_start_without_a_proper_configuration(
@@ -92,7 +95,7 @@ def test_serve_refuses_to_start_without_a_proper_configuration(
     if secret is not None:
         environment["AGENT_DATASTORE_SECRET"] = secret
     result = subprocess.run(
-        [_command(), "serve", "--port", str(_free_port()), *options],
+        [_command(), "serve", "--embedded", "--port", str(_free_port()), *options],
         env=environment,
         capture_output=True,
         text=True,
@@ -101,3 +104,94 @@ def test_serve_refuses_to_start_without_a_proper_configuration(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _environment(**variables: str) -> dict[str, str]:
+    names = ("AGENT_DATASTORE_SECRET", "AGENT_DATASTORE_URI")
+    return {**{k: v for k, v in os.environ.items() if k not in names}, **variables}
+
+
+@pytest.mark.parametrize(
+    ("options", "uri", "message"),
+    [
+        ([], None, "serve needs a database: set AGENT_DATASTORE_URI"),
+        (["--embedded", "--uri", "mongomock://"], None, "--embedded serves a new in-memory"),
+        (["--embedded"], "mongomock://", "unset AGENT_DATASTORE_URI"),
+    ],
+)
+def test_serve_runs_on_the_embedded_store_only_when_told(
+    options: list[str], uri: str | None, message: str
+) -> None:
+    environment = _environment(AGENT_DATASTORE_SECRET=SECRET)
+    if uri is not None:
+        environment["AGENT_DATASTORE_URI"] = uri
+    result = subprocess.run(
+        [_command(), "serve", "--port", str(_free_port()), *options],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("agent-datastore: ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1  # one line
+
+
+PASSWORD = "pw-that-must-not-show"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "uri", "warned"),
+    [
+        ([], ["--uri", f"mongodb://svc:{PASSWORD}@127.0.0.1:1/agents"], None, True),
+        (["--uri", f"mongodb://svc:{PASSWORD}@127.0.0.1:1/agents"], [], None, True),
+        ([], [], f"mongodb://svc:{PASSWORD}@127.0.0.1:1/agents", False),
+        ([], ["--uri", "mongodb://127.0.0.1:1/agents"], None, False),
+    ],
+    ids=["serve-uri", "main-uri", "environment", "no-password"],
+)
+def test_serve_warns_of_a_password_on_the_command_line(
+    before: list[str], after: list[str], uri: str | None, warned: bool
+) -> None:
+    # a secret too short stops the command once it has chosen its URI, before it connects
+    environment = _environment(AGENT_DATASTORE_SECRET="short")
+    if uri is not None:
+        environment["AGENT_DATASTORE_URI"] = uri
+    result = subprocess.run(
+        [_command(), *before, "serve", "--port", str(_free_port()), *after],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "at least 32 bytes" in result.stderr
+    assert ("holds a password" in result.stderr) is warned, result.stderr
+    assert PASSWORD not in result.stderr
+    if warned:
+        assert "export AGENT_DATASTORE_URI instead" in result.stderr
+
+
+def test_serve_takes_its_database_from_the_environment() -> None:
+    port = _free_port()
+    environment = _environment(AGENT_DATASTORE_SECRET=SECRET, AGENT_DATASTORE_URI="mongomock://")
+    process = subprocess.Popen(
+        [_command(), "serve", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(port, process)
+        url = f"http://127.0.0.1:{port}"
+        with RemoteDataStoreProxy(url, issue_token(SECRET, "user-1", "agent-a")) as proxy:
+            proxy.set("k", "v")
+            assert proxy.get("k") == "v"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 130, errors
+    assert "needs a database" not in errors
+    assert "password" not in errors
