@@ -1,14 +1,16 @@
 """The store service's throughput and latency, against a bare endpoint doing the same work.
 
-    python -m benchmarks.service [--quick] [--json] [--output PATH]
+    python -m benchmarks.service [--quick] [--json] [--output PATH] [--client raw|httpx]
 
 Three processes besides this one, all on 127.0.0.1: the wire-protocol responder
 (``benchmarks/responder.py``, which answers every MongoDB command at once), the store service
 (``agent_datastore.server.serve`` over ``connect_async`` to the responder) and the bare endpoint
 (``benchmarks/service_apps.py``: Starlette and pymongo's ``AsyncMongoClient`` sending the same
-command, under the same uvicorn settings). This process is the load generator: httpx with
-keep-alive, a fixed number of concurrent clients on one event loop, the same request bytes to
-both servers, every answer checked against the bytes expected.
+command, under the same uvicorn settings). This process is the load generator: HTTP/1.1 with
+keep-alive on asyncio streams (``--client httpx`` for httpx, which costs more CPU per request
+than either server on 2 cores), a fixed number of concurrent clients on one event loop, each
+with its connection, the same request bytes to both servers, every answer checked against the
+bytes expected.
 
 For ``get`` and ``set`` of a 1 KB value, two loads: ``concurrency`` clients at once (the
 throughput) and one client at a time (the latency a request pays on an idle server). Rounds
@@ -17,8 +19,8 @@ ratio service/bare is the median of the rounds' ratios. Each server's CPU time p
 comes from ``/proc``. Budget: the service serves at least 0.7x the bare endpoint's requests
 per second for ``get`` and ``set``.
 
-Then both servers run once more under py-spy (when it is installed), and every sample is put
-in the component it was taken in (``benchmarks/service_profile.py``): where the time goes.
+Then each server is loaded once more under py-spy (when it is installed), and every sample is
+put in the component it was taken in (``benchmarks/service_profile.py``): where the time goes.
 Bounded in requests and in time (``--max-seconds``); it stops by itself.
 """
 
@@ -57,7 +59,6 @@ from benchmarks.run import SEED, make_value
 
 ROOT = Path(__file__).parent.parent
 KINDS = ("service", "bare")
-OPERATIONS = ("get", "set")
 VALUE_BYTES = 1024
 KEY = "k"
 BUDGET_RATIO = 0.7
