@@ -14,6 +14,10 @@ got back. They run in threads beside the well-behaved clients, until told to sto
 Each reports the answers' statuses, and the failures by kind (``closed`` for a connection the
 server closed or reset, ``timeout``, ...). Answers are read and dropped as they arrive, so
 that an attacker holds none of them in memory.
+
+At the end, the parts of the hostile run that are not the well-behaved clients' (which stay in
+the script): ``HostileSettings`` (the attack sizes and the service's limits), ``MemorySampler``
+(the service's resident size from /proc) and ``report_lines`` (the text report).
 """
 
 from __future__ import annotations
