@@ -131,11 +131,14 @@ class Request:
         return OPERATIONS[self.operation].idempotent
 
 
+# Made once: json.dumps with options builds an encoder on every call, which was 0.9 us of the
+# 5.7 us a 1 KB answer took (benchmarks/service.py). An encoder keeps no state between calls.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def dumps(document: Any) -> bytes:
     """A JSON document as the protocol sends it: compact UTF-8, no NaN or infinity."""
-    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-        "utf-8"
-    )
+    return _ENCODER.encode(document).encode("utf-8")
 
 
 def ttl_ms(ttl: timedelta | None) -> int | None:

@@ -6,6 +6,7 @@ canned reply, so that a benchmark measures the client path (driver plus this pac
 a database. It runs in a process of its own, so that it does not share the client's
 interpreter lock. What ``find``, ``findAndModify`` and ``distinct`` return is set by a
 ``benchConfig`` command; one with a ``namespace`` sets what finds in that namespace return.
+``benchLast`` answers the last ``find`` and ``update`` commands received.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class _State:
         self.distinct: list[Any] = []
         # documents (and their keys) that finds in one namespace get instead of ``find``
         self.datasets: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}
+        # the last find and update received, which ``benchLast`` answers: how a benchmark
+        # checks that two clients send the same command
+        self.last: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
 
 
@@ -69,6 +73,10 @@ def _answer(state: _State, command: dict[str, Any], documents: list[dict[str, An
             state.find_and_modify = command.get("findAndModify", state.find_and_modify)
             state.distinct = command.get("distinct", state.distinct)
         return {"ok": 1.0}
+    if name == "benchLast":
+        return {"last": dict(state.last), "ok": 1.0}
+    if name in ("find", "update"):
+        state.last[name] = {**command, "updates": documents} if documents else command
     if name == "find":
         # the configured documents, sorted by key, from after a $gt bound, up to the limit:
         # enough for list_keys pages and iter_keys to walk them as on a server

@@ -2,6 +2,7 @@
 fixed number of requests each, then a check that no write was lost.
 
 Usage: python scripts/remote_load_test.py [--clients N] [--requests M] [--uri URI] [--json]
+       python scripts/remote_load_test.py --hostile [--small] [...]
 
 Starts ``agent-datastore serve`` on 127.0.0.1 in a subprocess, in front of the embedded store
 (``mongomock://``) or of ``--uri``, with a secret of its own. Each client is a thread with its
@@ -15,6 +16,15 @@ Then every (user, agent) is read back through the service: each key set must hol
 written, each counter the number of its increments that succeeded, and nothing else may be
 there. Prints clients, requests, errors, duration, throughput, latency percentiles and the
 number of writes lost; exits 1 if a write was lost or a request failed, 0 otherwise.
+
+With ``--hostile`` (8 clients x 40 requests unless told otherwise) the well-behaved clients run
+twice: alone, then while the attackers of ``scripts/hostile_clients.py`` (large answers, heavy
+bodies, half-open connections, a token flood in three spellings) hit the same service, which
+runs with a per-token rate limit. It reports both phases' latency, the service's peak memory
+(sampled from /proc), what each attacker got, and two budgets: the p99 under attack within 3x
+of the p99 without, and the peak memory within ``--max-inflight-bytes`` of its base (the
+resident size once the well-behaved phase and the attackers' large values are in). The
+service's limits are passed only when ``agent-datastore serve --help`` lists them.
 """
 
 from __future__ import annotations
@@ -30,14 +40,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from agent_datastore import RemoteDataStoreProxy, issue_token
+from agent_datastore import DataStoreUnavailable, RemoteDataStoreProxy, issue_token
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # hostile_clients, beside this file
+import hostile_clients
 
 NAMESPACE = "load"
 SHARED_COUNTER = "shared"
@@ -48,12 +62,17 @@ LIST_LIMIT = 50
 STARTUP_SECONDS = 30
 BATCH = 1000
 MIX = "of every 8: 2 set, 1 get, 1 get_many, 1 list_keys, 1 increment own, 2 increment shared"
+PHASE_SECONDS = 90.0  # a well-behaved phase sends nothing more after this long
+ATTACKERS_STOP_SECONDS = 30.0  # attackers still sending after the phase get this long to end
+P99_BUDGET = 3.0
+MiB = hostile_clients.MiB
 
 
 @dataclass
 class Client:
     """One client's plan and record: what it wrote, what succeeded, how long each request
-    took, and what went wrong."""
+    took, and what went wrong. A write that raised ``DataStoreUnavailable`` (no answer in
+    time) may have been applied or not: it is kept apart, as a write that may be found."""
 
     index: int
     user_id: str
@@ -62,6 +81,9 @@ class Client:
     own_increments: int = 0
     shared_increments: int = 0
     shared_seen: int = 0
+    maybe_written: dict[str, Any] = field(default_factory=dict)
+    maybe_own_increments: int = 0
+    maybe_shared_increments: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -87,16 +109,29 @@ class Report:
     unexpected_keys: int
     uri: str
     error_samples: list[str]
+    hostile: dict[str, Any] | None = None
+    # writes that timed out: applied or not, neither is a lost or an unexpected write
+    writes_uncertain: int = 0
 
     @property
     def ok(self) -> bool:
         return self.errors == 0 and self.writes_lost == 0 and self.unexpected_keys == 0
 
+    def budgets_hold(self) -> bool | None:
+        """Whether the hostile run's budgets hold (None without ``--hostile``)."""
+        if self.hostile is None:
+            return None
+        return all(check["holds"] for check in self.hostile["budgets"])
+
     def text(self) -> str:
         latency = self.latency_ms
+        # with --hostile, every client runs twice: without the attackers, then with them
+        runs = self.clients * (1 if self.hostile is None else 2)
         lines = [
             f"clients: {self.clients} (threads; up to {CLIENTS_PER_AGENT} share a user and agent)",
-            f"requests: {self.requests} ({self.requests // self.clients} per client; {MIX})",
+            f"requests: {self.requests} ({self.requests // runs} per client and phase; {MIX})"
+            if self.hostile
+            else f"requests: {self.requests} ({self.requests // self.clients} per client; {MIX})",
             f"store: {self.uri}; service and clients on 127.0.0.1, {os.cpu_count()} cores",
             f"errors: {self.errors}",
             f"duration: {self.duration_s:.2f} s",
@@ -106,9 +141,15 @@ class Report:
             f"writes checked: {self.writes_checked}",
             f"writes lost: {self.writes_lost}",
         ]
+        if self.writes_uncertain:
+            lines.append(
+                f"writes that timed out (may or may not be applied): {self.writes_uncertain}"
+            )
         if self.unexpected_keys:
             lines.append(f"unexpected keys or increments: {self.unexpected_keys}")
         lines.extend(f"  error: {sample}" for sample in self.error_samples)
+        if self.hostile is not None:
+            lines.extend(hostile_clients.report_lines(self.hostile))
         return "\n".join(lines)
 
 
@@ -118,12 +159,28 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def serve_options() -> set[str]:
+    """The options that ``agent-datastore serve --help`` lists: this script passes the
+    service's newer ones only where they exist."""
+    command = [sys.executable, "-m", "agent_datastore.cli", "serve", "--help"]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+    return {word.rstrip(",") for word in shown.split() if word.startswith("--")}
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str
+    pid: int
+
+
 @contextmanager
-def running_service(uri: str, secret: str) -> Iterator[str]:
-    """``agent-datastore serve`` on a free port of 127.0.0.1, until the block ends; its URL."""
+def running_service(uri: str, secret: str, options: Sequence[str] = ()) -> Iterator[Service]:
+    """``agent-datastore serve`` on a free port of 127.0.0.1, with ``options``, until the
+    block ends."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "agent_datastore.cli", "serve", "--port", str(port)]
+    command += options
     environment = {**os.environ, "AGENT_DATASTORE_SECRET": secret}
     if uri == "mongomock://":
         command.append("--embedded")
@@ -136,7 +193,7 @@ def running_service(uri: str, secret: str) -> Iterator[str]:
         process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)
         try:
             _wait_until_serving(process, url, log)
-            yield url
+            yield Service(url, process.pid)
         finally:
             process.terminate()
             try:
@@ -179,7 +236,11 @@ def _step(client: Client, proxy: RemoteDataStoreProxy, step: int) -> str | None:
     if kind in (0, 4):
         key = f"{client.prefix}k{step:06d}"
         value = {"client": client.index, "step": step, "text": "é" * (step % 7)}
-        proxy.set(key, value)
+        try:
+            proxy.set(key, value)
+        except DataStoreUnavailable:
+            client.maybe_written[key] = value
+            raise
         client.written[key] = value
     elif kind == 1:
         key = own[step % len(own)] if own else f"{client.prefix}missing"
@@ -187,12 +248,21 @@ def _step(client: Client, proxy: RemoteDataStoreProxy, step: int) -> str | None:
         if read != client.written.get(key):
             return f"get {key!r} read {read!r}, not {client.written.get(key)!r}"
     elif kind == 2:
-        count = proxy.increment(client.counter)
+        try:
+            count = proxy.increment(client.counter)
+        except DataStoreUnavailable:
+            client.maybe_own_increments += 1
+            raise
         client.own_increments += 1
-        if count != client.own_increments:
+        least = client.own_increments
+        if not least <= count <= least + client.maybe_own_increments:
             return f"increment {client.counter!r} returned {count}, not {client.own_increments}"
     elif kind in (3, 6):
-        count = proxy.increment(SHARED_COUNTER)
+        try:
+            count = proxy.increment(SHARED_COUNTER)
+        except DataStoreUnavailable:
+            client.maybe_shared_increments += 1
+            raise
         client.shared_increments += 1
         # others add to it too, but it never goes back
         if count <= client.shared_seen:
@@ -206,13 +276,20 @@ def _step(client: Client, proxy: RemoteDataStoreProxy, step: int) -> str | None:
             return f"get_many read {read!r}, not {wanted!r}"
     else:
         listed = proxy.list_keys(client.prefix + "k", limit=LIST_LIMIT)
-        if listed != own[:LIST_LIMIT]:
+        known = [key for key in listed if key not in client.maybe_written]
+        # a short page is every key: then each one written must be there
+        if known != (own if len(listed) < LIST_LIMIT else own[: len(known)]):
             return f"list_keys listed {len(listed)} keys, not the {len(own[:LIST_LIMIT])} written"
     return None
 
 
 def _run_client(
-    client: Client, url: str, secret: str, requests: int, start: threading.Barrier
+    client: Client,
+    url: str,
+    secret: str,
+    requests: int,
+    start: threading.Barrier,
+    seconds: float,
 ) -> None:
     try:
         token = issue_token(secret, client.user_id, client.agent_name)
@@ -226,7 +303,14 @@ def _run_client(
             start.wait()
         except threading.BrokenBarrierError:
             return
+        deadline = time.monotonic() + seconds
         for step in range(requests):
+            if time.monotonic() > deadline:
+                client.errors.append(
+                    f"client {client.index} step {step}: not sent: "
+                    f"{requests - step} requests left after {seconds:.0f} s"
+                )
+                break
             began = time.perf_counter()
             try:
                 wrong = _step(client, proxy, step)
@@ -250,11 +334,16 @@ def _verify(url: str, secret: str, plan: list[Client]) -> tuple[int, int, int]:
     checked = lost = unexpected = 0
     for (user_id, agent_name), members in _groups(plan).items():
         values: dict[str, Any] = {}
+        maybe_values: dict[str, Any] = {}
         counts = {SHARED_COUNTER: sum(client.shared_increments for client in members)}
+        maybe = {SHARED_COUNTER: sum(client.maybe_shared_increments for client in members)}
         for client in members:
             values.update(client.written)
+            maybe_values.update(client.maybe_written)
             counts[client.counter] = client.own_increments
-        counts = {key: count for key, count in counts.items() if count}  # never made otherwise
+            maybe[client.counter] = client.maybe_own_increments
+        counters = {key for key in counts if counts[key] or maybe[key]}  # never made otherwise
+        counts = {key: count for key, count in counts.items() if count}
         token = issue_token(secret, user_id, agent_name)
         with RemoteDataStoreProxy(url, token, NAMESPACE) as proxy:
             keys = [*values, *counts]
@@ -268,8 +357,8 @@ def _verify(url: str, secret: str, plan: list[Client]) -> tuple[int, int, int]:
         for key, count in counts.items():
             # an increment too many is no lost write, but no client asked for it either
             lost += max(0, count - found.get(key, 0))
-            unexpected += max(0, found.get(key, 0) - count)
-        unexpected += len(listed - set(values) - set(counts))
+            unexpected += max(0, found.get(key, 0) - count - maybe[key])
+        unexpected += len(listed - set(values) - set(maybe_values) - counters)
         unexpected += len(namespaces - {NAMESPACE})
     return checked, lost, unexpected
 
@@ -290,28 +379,166 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return ordered[rank - 1] * 1000
 
 
-def run(clients: int, requests: int, uri: str = "mongomock://") -> Report:
-    secret = secrets.token_urlsafe(32)
-    plan = _plan(clients, secrets.token_hex(4))
-    with running_service(uri, secret) as url:
-        # every client has its token and proxy before any sends its first request
-        start = threading.Barrier(clients + 1)
-        threads = [
-            threading.Thread(target=_run_client, args=(client, url, secret, requests, start))
-            for client in plan
-        ]
-        for thread in threads:
-            thread.start()
-        with suppress(threading.BrokenBarrierError):  # a client failed to start: it says why
-            start.wait()
-        began = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        duration = time.perf_counter() - began
-        checked, lost, unexpected = _verify(url, secret, plan)
-        _clear(url, secret, plan)
+# ------------------------------------------------------------------------------ hostile
+
+SETTLE_SECONDS = 1.0  # for the attackers to be at work before the well-behaved clients start
+ATTACKER = ("attacker", "agent-x")
+
+
+def _phase(plan: list[Client], seconds: float) -> dict[str, Any]:
+    return {
+        "requests": sum(len(client.latencies) for client in plan),
+        "errors": sum(len(client.errors) for client in plan),
+        "seconds": round(seconds, 3),
+        "latency_ms": _latency_ms(plan),
+    }
+
+
+def _attack(
+    url: str, secret: str, settings: hostile_clients.HostileSettings, run: Any
+) -> dict[str, Any]:
+    """The attackers at work while ``run()`` runs; what each got."""
+    stop = threading.Event()
+    attack = hostile_clients.attackers(url, lambda: issue_token(secret, *ATTACKER), settings.sizes)
+    try:
+        for attacker in attack:
+            attacker.start(stop)
+        time.sleep(SETTLE_SECONDS)
+        run()
+    finally:
+        stop.set()
+        deadline = time.monotonic() + ATTACKERS_STOP_SECONDS
+        for attacker in attack:
+            attacker.join(max(0.0, deadline - time.monotonic()))
+    return {attacker.name: attacker.report() for attacker in attack}
+
+
+def _hostile_run(
+    service: Service,
+    secret: str,
+    quiet: list[Client],
+    attacked: list[Client],
+    requests: int,
+    settings: hostile_clients.HostileSettings,
+    options: list[str],
+) -> tuple[float, dict[str, Any]]:
+    """The well-behaved clients alone, then under attack; the seconds both phases took, and
+    what the run found."""
+    url = service.url
+    with hostile_clients.MemorySampler(service.pid) as memory:
+        hostile_clients.write_large_values(
+            url, lambda: issue_token(secret, *ATTACKER), settings.sizes
+        )
+        quiet_seconds = _run_phase(url, secret, quiet, requests)
+        base = memory.read()["VmRSS"]
+        durations: list[float] = []
+        attackers = _attack(
+            url,
+            secret,
+            settings,
+            lambda: durations.append(_run_phase(url, secret, attacked, requests)),
+        )
+    with RemoteDataStoreProxy(url, issue_token(secret, *ATTACKER), "attack", timeout=120) as spy:
+        spy.clear()  # the large values, which a real database would keep
+    peak = max(memory.read()["VmHWM"], memory.peak_rss)
+    phases = {
+        "without_attackers": _phase(quiet, quiet_seconds),
+        "with_attackers": _phase(attacked, sum(durations)),
+    }
+    p99_ratio = phases["with_attackers"]["latency_ms"]["p99"] / max(
+        phases["without_attackers"]["latency_ms"]["p99"], 0.001
+    )
+    growth = peak - base
+    passed = [
+        name
+        for name in (*hostile_clients.LIMIT_OPTIONS, hostile_clients.CONNECTION_OPTION)
+        if name in options
+    ]
+    findings = {
+        "service_options": options,
+        # none of the service's availability limits exist yet on this service
+        "before_availability_limits": not passed,
+        "attack_sizes": asdict(settings.sizes),
+        "phases": phases,
+        "memory": {
+            "base_rss_bytes": base,
+            "peak_bytes": peak,
+            "growth_bytes": growth,
+            "sampled_peak_rss_bytes": memory.peak_rss,
+            "samples": memory.samples,
+        },
+        "attackers": attackers,
+        "budgets": [
+            {
+                "budget": f"well-behaved p99 with attackers <= {P99_BUDGET:g}x without",
+                "measured": round(p99_ratio, 2),
+                "holds": p99_ratio <= P99_BUDGET,
+            },
+            {
+                "budget": "service peak memory <= base + max_inflight_bytes "
+                f"({settings.max_inflight_bytes // MiB} MiB), in MiB over the base",
+                "measured": round(growth / MiB, 1),
+                "holds": growth <= settings.max_inflight_bytes,
+            },
+        ],
+    }
+    return quiet_seconds + sum(durations), findings
+
+
+def _run_phase(url: str, secret: str, plan: list[Client], requests: int) -> float:
+    """Every client of ``plan`` making ``requests`` requests at once; the seconds it took."""
+    # every client has its token and proxy before any sends its first request
+    start = threading.Barrier(len(plan) + 1)
+    threads = [
+        threading.Thread(
+            target=_run_client, args=(client, url, secret, requests, start, PHASE_SECONDS)
+        )
+        for client in plan
+    ]
+    for thread in threads:
+        thread.start()
+    with suppress(threading.BrokenBarrierError):  # a client failed to start: it says why
+        start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began
+
+
+def _latency_ms(plan: list[Client]) -> dict[str, float]:
     latencies = sorted(latency for client in plan for latency in client.latencies)
-    errors = [error for client in plan for error in client.errors]
+    return {
+        name: round(_percentile(latencies, fraction), 2)
+        for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+    }
+
+
+def run(
+    clients: int,
+    requests: int,
+    uri: str = "mongomock://",
+    hostile: hostile_clients.HostileSettings | None = None,
+) -> Report:
+    secret = secrets.token_urlsafe(32)
+    run_id = secrets.token_hex(4)
+    plan = _plan(clients, run_id)
+    attacked_plan: list[Client] = []
+    findings = None
+    options = [] if hostile is None else hostile.service_options(serve_options())
+    with running_service(uri, secret, options) as service:
+        url = service.url
+        if hostile is None:
+            duration = _run_phase(url, secret, plan, requests)
+        else:
+            attacked_plan = _plan(clients, run_id + "-attacked")
+            duration, findings = _hostile_run(
+                service, secret, plan, attacked_plan, requests, hostile, options
+            )
+        everyone = plan + attacked_plan
+        checked, lost, unexpected = _verify(url, secret, everyone)
+        _clear(url, secret, everyone)
+    latencies = [latency for client in everyone for latency in client.latencies]
+    errors = [error for client in everyone for error in client.errors]
     kinds = Counter(error.split(": ", 1)[1].split(":")[0] for error in errors)
     total = len(latencies)
     return Report(
@@ -320,33 +547,63 @@ def run(clients: int, requests: int, uri: str = "mongomock://") -> Report:
         errors=len(errors),
         duration_s=round(duration, 3),
         throughput_rps=round(total / duration, 1) if duration else 0.0,
-        latency_ms={
-            name: round(_percentile(latencies, fraction), 2)
-            for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
-        },
+        latency_ms=_latency_ms(everyone),
         writes_checked=checked,
         writes_lost=lost,
         unexpected_keys=unexpected,
         # a database URI can hold a password
         uri="mongomock:// (embedded)" if uri.startswith("mongomock") else "--uri",
         error_samples=[f"{count} x {kind}" for kind, count in kinds.most_common(5)],
+        hostile=findings,
+        writes_uncertain=sum(
+            len(client.maybe_written) + client.maybe_own_increments + client.maybe_shared_increments
+            for client in everyone
+        ),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
-    parser.add_argument("--requests", type=int, default=100, help="requests per client (100)")
+    parser.add_argument("--clients", type=int, help="concurrent clients (16; 8 if --hostile)")
+    parser.add_argument("--requests", type=int, help="requests per client (100; 40 if --hostile)")
     parser.add_argument(
         "--uri", default="mongomock://", help="the database behind the service (embedded)"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    hostile = parser.add_argument_group("hostile tenants")
+    hostile.add_argument("--hostile", action="store_true", help="a second phase, under attack")
+    hostile.add_argument("--small", action="store_true", help="small attacks (for the tests)")
+    hostile.add_argument(
+        "--rate-limit",
+        help="the service's per-token limit (default: 2 x --requests per 60 s)",
+    )
+    hostile.add_argument("--max-answer-bytes", type=int, default=64 * MiB)
+    hostile.add_argument("--max-inflight-bytes", type=int, default=256 * MiB)
+    hostile.add_argument("--request-timeout", type=float, default=30.0)
+    hostile.add_argument("--max-connections", type=int, default=1000)
     arguments = parser.parse_args(argv)
-    if arguments.clients < 1 or arguments.requests < 1:
+    clients = arguments.clients or (8 if arguments.hostile else 16)
+    requests = arguments.requests or (40 if arguments.hostile else 100)
+    if clients < 1 or requests < 1:
         parser.error("--clients and --requests must be at least 1")
-    report = run(arguments.clients, arguments.requests, arguments.uri)
+    settings = None
+    if arguments.hostile:
+        settings = hostile_clients.HostileSettings(
+            sizes=hostile_clients.SMALL if arguments.small else hostile_clients.FULL,
+            # no well-behaved client can reach it (each has a token of its own), and every
+            # flood goes far past it
+            rate_limit=arguments.rate_limit or f"{2 * requests}/60",
+            max_answer_bytes=arguments.max_answer_bytes,
+            max_inflight_bytes=arguments.max_inflight_bytes,
+            request_timeout=arguments.request_timeout,
+            max_connections=arguments.max_connections,
+        )
+    report = run(clients, requests, arguments.uri, settings)
     if arguments.json:
-        print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+        document = {**asdict(report), "ok": report.ok}
+        if settings is not None:
+            document["budgets_hold"] = report.budgets_hold()
+        print(json.dumps(document, indent=2))
     else:
         print(report.text())
     return 0 if report.ok else 1

@@ -53,3 +53,54 @@ def test_the_performance_page_shows_the_committed_budgets() -> None:
     assert len(budget_rows) > 30
     for line in budget_rows:
         assert line in page, line
+
+
+def test_the_service_benchmark_runs_and_both_servers_answer_every_request(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "service.json"
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.service", "--quick", "--json", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout)
+    assert json.loads(output.read_text()) == report
+    assert report["command"] == "python -m benchmarks.service --quick"
+    assert report["warm_up_answered"] is True
+    # both servers sent the responder the very same find and update
+    assert report["same_command"] == {"get": True, "set": True}
+    sizes = report["sizes"]
+    assert {(row["operation"], row["concurrency"]) for row in report["rows"]} == {
+        ("get", sizes["concurrency"]),
+        ("set", sizes["concurrency"]),
+        ("get", 1),
+        ("set", 1),
+    }
+    for row in report["rows"]:
+        requests = sizes["requests"] if row["concurrency"] > 1 else sizes["single"]
+        for kind in ("service", "bare"):
+            side = row[kind]
+            assert side["requests"] == requests * sizes["rounds"]
+            assert side["wrong"] == 0
+            assert set(side["latency_ms"]) == {"p50", "p99"}
+            assert side["rps"] > 0
+        assert row["ratio_rps"] > 0
+    assert [check["budget"].split(" for ")[1][:3] for check in report["budgets"]] == [
+        "get",
+        "set",
+    ]
+    assert all(set(check) == {"budget", "measured", "holds"} for check in report["budgets"])
+    profile = report["profile"]
+    for kind, load in profile["load"].items():
+        assert load["wrong"] == 0, kind
+        assert load["requests"] == 2 * sizes["profile_requests"]
+    if "skipped" not in profile:  # py-spy installed and allowed to attach
+        for kind in ("service", "bare"):
+            shares = [row["share"] for row in profile[kind]["components"]]
+            assert shares
+            assert abs(sum(shares) - 1) < 0.01
+    assert report["micro"]["verify_token_us"] > 0

@@ -78,3 +78,42 @@ def test_a_lost_write_is_reported(
     report = json.loads(capsys.readouterr().out)
     assert report["writes_lost"] == 1
     assert report["ok"] is False
+
+
+def test_a_small_hostile_run_reports_every_attacker_and_loses_no_write(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = _script().main(
+        ["--hostile", "--small", "--clients", "4", "--requests", "16", "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    # both phases' writes were read back: none lost, nothing unexpected
+    assert report["writes_lost"] == 0
+    assert report["unexpected_keys"] == 0
+    assert report["writes_checked"] == 2 * 4 * 16 * 5 // 8
+    assert status == (0 if report["ok"] else 1)
+    hostile = report["hostile"]
+    assert set(hostile["phases"]) == {"without_attackers", "with_attackers"}
+    for phase in hostile["phases"].values():
+        assert set(phase["latency_ms"]) == {"p50", "p90", "p99", "max"}
+        assert phase["requests"] == 4 * 16
+    assert "--rate-limit" in hostile["service_options"]
+    memory = hostile["memory"]
+    assert 0 < memory["base_rss_bytes"] <= memory["peak_bytes"]
+    assert set(hostile["attackers"]) == {
+        "large_answers",
+        "heavy_bodies",
+        "half_open",
+        "as_issued",
+        "trailing_equals",
+        "junk_character",
+    }
+    for name, got in hostile["attackers"].items():
+        assert sum(got["outcomes"].values()) > 0, name
+    # a junk character in the signature is never accepted
+    assert set(hostile["attackers"]["junk_character"]["outcomes"]) <= {"401", "429"}
+    assert [check["budget"][:13] for check in hostile["budgets"]] == [
+        "well-behaved ",
+        "service peak ",
+    ]
+    assert report["budgets_hold"] == all(check["holds"] for check in hostile["budgets"])
