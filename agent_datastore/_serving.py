@@ -31,6 +31,7 @@ from typing import Any
 from ._exceptions import HTTPException
 
 __all__ = [
+    "ANSWER_COPIES",
     "BUSY_WAIT_SECONDS",
     "DEFAULT_MAX_ANSWER_BYTES",
     "DEFAULT_MAX_INFLIGHT_BYTES",
@@ -52,6 +53,9 @@ INLINE_PARSE_BYTES = 16 * 1024
 # Parsed by json.loads in a worker thread: up to this many values, about 20 ms of C code at
 # worst (measured: 160 ns per empty object, the costliest value per byte).
 FAST_PARSE_VALUES = 100_000
+# An answer is held about three times over while it is built: the driver's reply, the values
+# decoded from it, and their JSON. A read takes room for all three.
+ANSWER_COPIES = 3
 # Encoded off the loop: answers that stand for more than this many stored bytes.
 LARGE_ANSWER_BYTES = 256 * 1024
 

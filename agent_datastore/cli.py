@@ -609,6 +609,22 @@ def _served_uri(ctx: click.Context, uri: str | None, embedded: bool) -> str:
     help="Larger get_many and set_many batches are answered 413.",
 )
 @click.option(
+    "--max-answer-bytes",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Bytes of JSON in one answer at most (a single larger value is still answered "
+    "alone); remote proxies fetch the rest of a get_many or list_items in more requests.",
+)
+@click.option(
+    "--max-inflight-bytes",
+    type=click.IntRange(min=1),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Bytes that requests in flight may hold at once (bodies, their parsing, answers); "
+    "beyond it a request waits briefly, then is answered 503 with Retry-After.",
+)
+@click.option(
     "--rate-limit",
     metavar="REQUESTS/SECONDS",
     help="Per token, e.g. 100/60; beyond it requests are answered 429. Default: none.",
@@ -647,6 +663,8 @@ def serve(
     port: int,
     max_body_bytes: int,
     max_batch: int,
+    max_answer_bytes: int,
+    max_inflight_bytes: int,
     rate_limit: str | None,
     audience: str | None,
     request_timeout: float,
@@ -688,6 +706,8 @@ def serve(
         max_connections=max_connections,
         max_body_bytes=max_body_bytes,
         max_batch=max_batch,
+        max_answer_bytes=max_answer_bytes,
+        max_inflight_bytes=max_inflight_bytes,
         rate_limit=_rate_limit(rate_limit),
         audience=audience,
     )

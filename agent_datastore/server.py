@@ -361,9 +361,14 @@ def create_app(
         )
         room = 0
         if operation in _READS:
+            # an answer is held three times: the driver's reply, the values decoded from it,
+            # and their JSON; a batch read reads at most a third of the room it got
             wanted = max_answer_bytes if operation in ("get_many", "list_items") else _READ_ROOM
-            room = await hold.take_for_answer(wanted, min(_READ_ROOM, max_answer_bytes))
-        work, answer_of = _operation(scope, store._settings(), operation, body, room)
+            copies = _serving.ANSWER_COPIES
+            room = await hold.take_for_answer(copies * wanted, copies * _READ_ROOM)
+        work, answer_of = _operation(
+            scope, store._settings(), operation, body, max(1, room // _serving.ANSWER_COPIES)
+        )
         # batch reads decode many values: like large bodies, their own work runs off the loop
         off_loop = large_body or operation in ("get_many", "list_items")
         if asynchronous:
@@ -372,13 +377,11 @@ def create_app(
         else:
             result = await run_in_threadpool(store._run, work)
         answer = answer_of(result)
-        hold.take_now(answer.size - room)  # a single value larger than the room it took
+        # a single value larger than the room it took: counted once it is known
+        hold.take_now(_serving.ANSWER_COPIES * answer.size - room)
         if answer.size > _serving.LARGE_ANSWER_BYTES:
-            content = await asyncio.to_thread(_encode_answer, answer, max_answer_bytes, True)
-        else:
-            content = _encode_answer(answer, max_answer_bytes, False)
-        hold.take_now(len(content))
-        return content
+            return await asyncio.to_thread(_encode_answer, answer, max_answer_bytes, True)
+        return _encode_answer(answer, max_answer_bytes, False)
 
     def error_response(operation: str, exc: Exception) -> Response:
         status, body = _protocol.encode_error(exc)
@@ -567,6 +570,22 @@ _SUMMARIES = {
     "get_many": "The values of those keys that exist, in the order asked.",
     "set_many": "Store several items at once; the number stored.",
 }
+# What a get_many or list_items answer adds when it would pass the service's answer budget.
+_PAGING: dict[str, dict[str, Any]] = {
+    "get_many": {
+        "remaining": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Keys asked and not answered yet: ask for them again.",
+        }
+    },
+    "list_items": {
+        "more": {
+            "type": "boolean",
+            "description": "The page ended early: the listing goes on after its last key.",
+        }
+    },
+}
 _ERROR = {
     "type": "object",
     "properties": {
@@ -582,10 +601,16 @@ _ERROR_STATUSES = {
     "400": "Bad input: error.type is TypeError or ValueError, as a local proxy raises.",
     "401": "The token is missing, malformed, tampered with or expired.",
     "409": "if_version did not match: key, expected_version and current_version say why.",
-    "413": "The body or the batch is over the service's limit.",
+    "413": (
+        "The body or the batch is over the service's limit (error.limits says them), or the "
+        "request would need more than the service's whole in-flight budget."
+    ),
     "429": "Over the token's rate limit; Retry-After says when to come back.",
     "500": "The database refused the operation.",
-    "503": "The database is unavailable; the same call may succeed later.",
+    "503": (
+        "The database is unavailable, or the service is busy (Retry-After says when to come "
+        "back); the same call may succeed later."
+    ),
 }
 
 
@@ -599,7 +624,11 @@ def _operation_document(name: str) -> dict[str, Any]:
         "required": list(spec.required),
         "additionalProperties": False,
     }
-    result = {"type": "object", "properties": {"result": _RESULTS[name]}, "required": ["result"]}
+    result = {
+        "type": "object",
+        "properties": {"result": _RESULTS[name], **_PAGING.get(name, {})},
+        "required": ["result"],
+    }
     responses: dict[str, Any] = {
         "200": {"description": "Done.", "content": {"application/json": {"schema": result}}}
     }
