@@ -166,6 +166,22 @@ def ensure_indexes() -> Operation[None]:
                 raise
 
 
+def missing_indexes() -> Operation[list[str]]:
+    """The names of the store's indexes that the collection lacks, under any name (empty
+    when both are in place). One ``listIndexes`` command, which reads no document: cheap
+    enough for a readiness probe, and it fails as any command does when the server is away."""
+    indexes = yield Command("index_information")
+    specs = list(indexes.values())
+    return [
+        name
+        for name, matches in [
+            (_core.INDEX_NAME, _core.is_equivalent_index),
+            (_core.TTL_INDEX_NAME, _core.is_expiry_index),
+        ]
+        if not any(matches(spec) for spec in specs)
+    ]
+
+
 # ---------------------------------------------------------------------------- operations
 
 
