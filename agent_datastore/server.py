@@ -26,18 +26,19 @@ try:
     from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - the server extra is not installed
     raise ImportError(
         "agent_datastore.server needs its extra: pip install 'agent-datastore[server]'"
     ) from exc
 
-from . import _core, _protocol, _serving
+from . import _core, _health, _protocol, _serving
 from . import _operations as ops
 from ._async import AsyncDataStore
 from ._exceptions import DataStoreUnavailable, HTTPException, TokenRejected
 from ._items import Item, ItemInfo
+from ._metrics import ServiceMetrics, check_metrics_token
 from ._serving import DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 from ._store import DataStore
 from ._tokens import _check_audience, _secret_bytes, verify_token
@@ -57,6 +58,9 @@ DEFAULT_MAX_BATCH = _protocol.DEFAULT_MAX_BATCH
 JSON = "application/json"
 
 logger = logging.getLogger("agent_datastore.server")
+
+# The routes of load balancers, orchestrators and Prometheus, beside the operations'.
+_SERVICE_ROUTES = ("healthz", "readyz", "metrics")
 
 
 class _RateLimiter:
@@ -259,6 +263,7 @@ def create_app(
     audience: str | None = None,
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+    metrics_token: str | None = None,
 ) -> Starlette:
     """An ASGI application serving ``store`` to the holders of tokens signed with ``secret``.
 
@@ -276,6 +281,10 @@ def create_app(
     ``max_inflight_bytes`` (their bodies, what parsing and encoding them takes, and their
     answers): a request past it waits briefly, then is answered 503 with ``Retry-After``; one
     that would need more than all of it alone is answered 413.
+
+    ``GET /healthz`` answers 200 while the process runs; ``GET /readyz`` 200 when the database
+    answers and the store's indexes are in place, else 503; ``GET /metrics`` the Prometheus
+    metrics, to anyone, or with ``metrics_token`` only to requests bearing it (401 otherwise).
     """
     if not isinstance(store, (DataStore, AsyncDataStore)):
         raise TypeError(f"store must be a DataStore or AsyncDataStore, not {type(store).__name__}")
@@ -292,6 +301,9 @@ def create_app(
     limiter = None if rate_limit is None else _RateLimiter(*rate_limit)
     budget = _serving.InflightBudget(max_inflight_bytes)
     asynchronous = isinstance(store, AsyncDataStore)
+    metrics_key = check_metrics_token(metrics_token)
+    metrics = ServiceMetrics([*_protocol.OPERATIONS, *_SERVICE_ROUTES])
+    metrics.track_inflight_bytes(lambda: budget.used)
 
     async def read_body(request: Request, hold: _serving.Hold) -> bytes:
         """The body, counted against the budget as it arrives: its declared length at once
@@ -385,6 +397,7 @@ def create_app(
 
     def error_response(operation: str, exc: Exception) -> Response:
         status, body = _protocol.encode_error(exc)
+        metrics.count_failure(status, exc)
         if status == 500 or isinstance(exc, DataStoreUnavailable):  # not a busy service's 503
             logger.error("%s failed: %s", operation, exc, exc_info=exc)
         if status == 413:
@@ -413,7 +426,7 @@ def create_app(
             # the answer's bytes stay counted until they have been sent
             return Response(content, media_type=JSON, background=BackgroundTask(hold.release))
 
-        return handle
+        return metrics.instrument(operation, handle)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -423,7 +436,23 @@ def create_app(
         for name in _protocol.OPERATIONS
     ]
     routes.append(Route(f"{_protocol.API_PREFIX}/openapi.json", openapi, methods=["GET"]))
-    app = Starlette(routes=routes)
+    service_routes = {
+        "healthz": _health.healthz,
+        "readyz": _health.Readiness(store).endpoint,
+        "metrics": metrics.endpoint(metrics_key),
+    }
+    for name, handler in service_routes.items():
+        routes.append(Route(f"/{name}", metrics.instrument(name, handler), methods=["GET"]))
+
+    async def unrouted(request: Request, exc: Exception) -> Response:
+        # Starlette's own answer, counted under one label whatever the path
+        status = getattr(exc, "status_code", 404)
+        metrics.count_unrouted(status)
+        return PlainTextResponse(
+            getattr(exc, "detail", ""), status_code=status, headers=getattr(exc, "headers", None)
+        )
+
+    app = Starlette(routes=routes, exception_handlers={404: unrouted, 405: unrouted})
     app.state.inflight_budget = budget  # for metrics and tests: what requests hold now
     return app
 
