@@ -16,9 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import agent_datastore
-from agent_datastore import DataStoreError, DataStoreUnavailable, HTTPException
+from agent_datastore import DataStoreError, DataStoreUnavailable, HTTPException, _protocol
 from agent_datastore._health import Readiness
 from agent_datastore._metrics import DATABASE_ERROR_KINDS, REFUSAL_REASONS, ServiceMetrics
+from agent_datastore._serving import InflightBudget
 from agent_datastore.server import create_app
 
 from .helpers import closed_port
@@ -34,7 +35,8 @@ class Service:
     def __init__(self, service: ServiceThread, backend: Any, **app_options: Any) -> None:
         self.service = service
         self.backend = backend
-        self.url = service.mount_app(create_app(backend, SECRET, **app_options))
+        self.app = create_app(backend, SECRET, **app_options)
+        self.url = service.mount_app(self.app)
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def bearer(self, user_id: str = "user-1", agent_name: str = "agent-a") -> dict[str, str]:
@@ -290,6 +292,7 @@ def test_metrics_follow_the_requests(serving: Any, kind: str) -> None:
     assert grew(refused, reason="body_too_large") == 1
     assert grew(refused, reason="batch_too_large") == 1
     assert grew(refused, reason="listing_too_large") == 1
+    assert grew(refused, reason="request_too_large") == 0
     assert grew(refused, reason="busy") == 0
     for kind_of_error in DATABASE_ERROR_KINDS:
         assert grew("agent_datastore_database_errors_total", kind=kind_of_error) == 0
@@ -336,6 +339,29 @@ def test_each_failure_is_counted_under_its_kind(
     assert counted == {_key(f"{name}_total", **{label: value}): 1}
 
 
+@pytest.mark.parametrize(
+    ("budget_used", "wanted", "reason"),
+    [(0, 11, "request_too_large"), (10, 5, "busy")],
+)
+def test_the_in_flight_budget_refusals_are_counted_under_their_reasons(
+    monkeypatch: pytest.MonkeyPatch, budget_used: int, wanted: int, reason: str
+) -> None:
+    monkeypatch.setattr("agent_datastore._serving.BUSY_WAIT_SECONDS", 0)
+    budget = InflightBudget(10)
+    budget.take_now(budget_used)
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(budget.take(wanted))  # the service's own exception, as it raises it
+    metrics = ServiceMetrics(["get"])
+    metrics.count_failure(_protocol.encode_error(refused.value)[0], refused.value)
+    samples = _samples(metrics.exposition()[0].decode())
+    counted = {
+        key: count
+        for key, count in samples.items()
+        if key[0].startswith("agent_datastore") and key[0].endswith("_total") and count
+    }
+    assert counted == {_key("agent_datastore_refused_total", reason=reason): 1}
+
+
 def test_every_reason_and_kind_is_a_series_from_the_start() -> None:
     samples = _samples(ServiceMetrics(["get"]).exposition()[0].decode())
     for reason in REFUSAL_REASONS:
@@ -352,6 +378,18 @@ def test_bytes_in_flight_come_from_the_given_function() -> None:
     held[0] = 4096
     samples = _samples(metrics.exposition()[0].decode())
     assert samples[_key("agent_datastore_in_flight_request_bytes")] == 4096
+
+
+def test_bytes_in_flight_follow_the_in_flight_budget(serving: Any) -> None:
+    running = serving("sync")
+    budget = running.app.state.inflight_budget
+    budget.take_now(4096)  # as a request holding a body would
+    try:
+        held = running.metrics()[_key("agent_datastore_in_flight_request_bytes")]
+    finally:
+        budget.give_back(4096)
+    assert held == 4096
+    assert running.metrics()[_key("agent_datastore_in_flight_request_bytes")] == 0
 
 
 def test_each_application_counts_only_its_own_requests(serving: Any) -> None:
@@ -424,7 +462,7 @@ def test_serve_passes_its_metrics_token(
         "agent_datastore.server.serve", lambda uri, secret, **options: received.update(options)
     )
     monkeypatch.setenv("AGENT_DATASTORE_SECRET", SECRET)
-    arguments = ["serve", "--uri", "mongomock://"]
+    arguments = ["serve", "--embedded"]
     if from_environment:
         monkeypatch.setenv("AGENT_DATASTORE_METRICS_TOKEN", METRICS_TOKEN)
     else:
