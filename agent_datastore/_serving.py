@@ -222,6 +222,11 @@ class Hold:
         held, self.held = self.held, 0
         self._budget.give_back(held)
 
+    async def release_when_sent(self) -> None:
+        """``release``, as the background task of a response: a coroutine, so that Starlette
+        runs it on the event loop rather than in its thread pool (a thread hop per request)."""
+        self.release()
+
     async def take_for_answer(self, wanted: int, minimum: int) -> int:
         """Room for an answer of up to ``wanted`` bytes: as much as is free now if that is at
         least ``minimum``, else ``minimum`` once it is (or 503). Reads are bounded by what

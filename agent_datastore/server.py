@@ -425,7 +425,8 @@ def create_app(
                 hold.release()
                 raise
             # the answer's bytes stay counted until they have been sent
-            return Response(content, media_type=JSON, background=BackgroundTask(hold.release))
+            background = BackgroundTask(hold.release_when_sent)
+            return Response(content, media_type=JSON, background=background)
 
         return metrics.instrument(operation, handle)
 

@@ -6,6 +6,7 @@ asynchronous one in front of an ``AsyncDataStore``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -18,6 +19,7 @@ import pytest
 
 import agent_datastore
 from agent_datastore import DataStoreError
+from agent_datastore.server import create_app
 
 from .helpers import snapshot
 from .service import RemoteStore, ServiceThread
@@ -255,3 +257,36 @@ def test_a_broken_paging_answer_is_refused_rather_than_looped_on() -> None:
     proxy = agent_datastore.RemoteDataStoreProxy("http://store", token, http_client=client)
     with pytest.raises(DataStoreError, match="not the protocol's"):
         proxy.get_many(["a", "b"])
+
+
+def test_what_a_request_held_is_given_back_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a response's background task that is a plain function runs in Starlette's thread pool:
+    # a thread hop per request, which cost the service a third of its throughput
+    def no_thread_pool(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a background task went through the thread pool")
+
+    monkeypatch.setattr("starlette.background.run_in_threadpool", no_thread_pool)
+    secret = "a secret for the budget's release test, 32+ bytes"
+    token = agent_datastore.issue_token(secret, "user-1", "agent-a")
+    store = agent_datastore.connect_async("mongomock://")
+    app = create_app(store, secret)
+
+    async def exchange() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        headers = {"authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            statuses = []
+            for operation, body in [
+                ("set", {"key": "k", "value": "v" * 1_000}),
+                ("get", {"key": "k"}),
+                ("get_many", {"keys": ["k"]}),
+            ]:
+                response = await client.post(f"/v1/{operation}", json=body, headers=headers)
+                statuses.append(response.status_code)
+            await store.aclose()
+            return statuses
+
+    assert asyncio.run(exchange()) == [200, 200, 200]
+    assert app.state.inflight_budget.used == 0
