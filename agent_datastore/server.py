@@ -361,6 +361,7 @@ def create_app(
 
     async def serve(request: Request, operation: str, hold: _serving.Hold) -> bytes:
         token_id, token_scope = authorize(request)
+        hold.tenant = (token_scope.user_id, token_scope.agent_name)
         if limiter is not None:
             wait = limiter.wait_needed(token_id, token_scope.expires_at)
             if wait:
@@ -378,7 +379,9 @@ def create_app(
             # and their JSON; a batch read reads at most a third of the room it got
             wanted = max_answer_bytes if operation in ("get_many", "list_items") else _READ_ROOM
             copies = _serving.ANSWER_COPIES
-            room = await hold.take_for_answer(copies * wanted, copies * _READ_ROOM)
+            # at least room for a 1 MiB value, or a sixteenth of a small budget
+            minimum = min(copies * _READ_ROOM, max(1, budget.limit // 16))
+            room = await hold.take_for_answer(copies * wanted, minimum)
         work, answer_of = _operation(
             scope, store._settings(), operation, body, max(1, room // _serving.ANSWER_COPIES)
         )
