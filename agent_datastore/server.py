@@ -281,7 +281,8 @@ def create_app(
     the remote proxies fetch the rest. Requests in flight hold at most about
     ``max_inflight_bytes`` (their bodies, what parsing and encoding them takes, and their
     answers): a request past it waits briefly, then is answered 503 with ``Retry-After``; one
-    that would need more than all of it alone is answered 413.
+    that would need more than all of it alone is answered 413. One user's agent may hold a
+    quarter of it with requests in parallel.
 
     ``GET /healthz`` answers 200 while the process runs; ``GET /readyz`` 200 when the database
     answers and the store's indexes are in place, else 503; ``GET /metrics`` the Prometheus
