@@ -39,7 +39,7 @@ __all__ = [
     "Hold",
     "InflightBudget",
     "ParsedBody",
-    "dumps_piecewise",
+    "json_pieces",
     "parse_body",
 ]
 
@@ -60,6 +60,11 @@ FAST_PARSE_VALUES = 100_000
 # An answer is held about three times over while it is built: the driver's reply, the values
 # decoded from it, and their JSON. A read takes room for all three.
 ANSWER_COPIES = 3
+# A large answer is encoded and sent in pieces of about this size.
+PIECE_BYTES = 1024 * 1024
+# A client that reads none of its answer for this long loses its connection: an unread answer
+# would otherwise hold its room in the budget for as long as the connection stays open.
+SEND_TIMEOUT_SECONDS = 30.0
 # Encoded off the loop: answers that stand for more than this many stored bytes.
 LARGE_ANSWER_BYTES = 256 * 1024
 
@@ -135,10 +140,22 @@ async def parse_body(parsed: ParsedBody) -> Any:
     return await asyncio.to_thread(parsed.parse)
 
 
-def dumps_piecewise(document: Any) -> bytes:
-    """``_protocol.dumps`` by the pure-Python encoder: slower, but it lets other threads
-    (the event loop) run while it works."""
-    return "".join(_PIECEWISE_ENCODER.iterencode(document)).encode("utf-8")
+def json_pieces(document: Any) -> list[bytes]:
+    """``_protocol.dumps(document)`` in pieces of about ``PIECE_BYTES`` (a longer string is a
+    piece of its own), by the pure-Python encoder: slower, but it lets other threads (the
+    event loop) run while it works, and the answer is never joined in one call."""
+    pieces: list[bytes] = []
+    pending: list[str] = []
+    size = 0
+    for text in _PIECEWISE_ENCODER.iterencode(document):
+        pending.append(text)
+        size += len(text)
+        if size >= PIECE_BYTES:
+            pieces.append("".join(pending).encode("utf-8"))
+            pending, size = [], 0
+    if pending:
+        pieces.append("".join(pending).encode("utf-8"))
+    return pieces
 
 
 class InflightBudget:

@@ -213,40 +213,88 @@ def _operation(
     return ops.set_many(scope, settings, items, metadata, _ttl_of(body)), _plain
 
 
-def _encode_answer(answer: _Answer, max_bytes: int, piecewise: bool) -> bytes:
-    """The answer's JSON, at most ``max_bytes`` (but always one value): a ``get_many`` or
-    ``list_items`` answer over it keeps what fits, and names the rest as ``remaining`` keys or
-    says there is ``more``. ``piecewise`` encodes with the pure-Python encoder (in a worker
-    thread: see ``_serving``)."""
-    dumps = _serving.dumps_piecewise if piecewise else _protocol.dumps
+def _one_piece(value: Any) -> list[bytes]:
+    return [_protocol.dumps(value)]
+
+
+def _answer_pieces(
+    answer: _Answer, max_bytes: int, encode: Callable[[Any], list[bytes]] = _one_piece
+) -> list[bytes]:
+    """The answer's JSON, in pieces, at most ``max_bytes`` (but always one value): a
+    ``get_many`` or ``list_items`` answer over it keeps what fits, and names the rest as
+    ``remaining`` keys or says there is ``more``. ``encode`` turns a value into pieces:
+    ``_serving.json_pieces`` for a large answer (in a worker thread), so that it is never
+    encoded or joined in one call."""
     result, extra = answer.result, answer.extra
     if not answer.size:
-        return dumps({"result": result, **extra})
+        return encode({"result": result, **extra})
+    dumps = _protocol.dumps
     if isinstance(result, dict) and "found" not in result:  # get_many
-        pieces = [(key, dumps(key) + b":" + dumps(value)) for key, value in result.items()]
-        kept = _fitting(pieces, max_bytes)
-        remaining = [key for key, _ in pieces[len(kept) :]] + extra.get("remaining", [])
+        entries = [(key, [dumps(key) + b":", *encode(value)]) for key, value in result.items()]
+        kept = _fitting(entries, max_bytes)
+        remaining = [key for key, _ in entries[len(kept) :]] + extra.get("remaining", [])
         tail = b',"remaining":' + dumps(remaining) if remaining else b""
-        return b'{"result":{' + b",".join(kept) + b"}" + tail + b"}"
+        return [b'{"result":{', *_joined(kept), b"}" + tail + b"}"]
     if isinstance(result, list):  # list_items
-        pieces = [(None, dumps(info)) for info in result]
-        kept = _fitting(pieces, max_bytes)
-        more = len(kept) < len(pieces) or bool(extra)
-        return b'{"result":[' + b",".join(kept) + b"]" + (b',"more":true' if more else b"") + b"}"
-    return dumps({"result": result, **extra})
+        kept = _fitting([(None, encode(info)) for info in result], max_bytes)
+        more = len(kept) < len(result) or bool(extra)
+        return [b'{"result":[', *_joined(kept), b"]" + (b',"more":true' if more else b"") + b"}"]
+    return encode({"result": result, **extra})
 
 
-def _fitting(pieces: list[tuple[Any, bytes]], max_bytes: int) -> list[bytes]:
-    """The first pieces whose JSON, with separators and the envelope, fits in ``max_bytes``;
-    always the first one."""
-    kept: list[bytes] = []
+def _fitting(entries: list[tuple[Any, list[bytes]]], max_bytes: int) -> list[list[bytes]]:
+    """The pieces of the first entries whose JSON, with separators and the envelope, fits in
+    ``max_bytes``; always the first one."""
+    kept: list[list[bytes]] = []
     total = 64  # the envelope, and the "remaining" list's brackets, roughly
-    for _, piece in pieces:
-        total += len(piece) + 1
+    for _, pieces in entries:
+        total += sum(map(len, pieces)) + 1
         if kept and total > max_bytes:
             break
-        kept.append(piece)
+        kept.append(pieces)
     return kept
+
+
+def _joined(entries: list[list[bytes]]) -> list[bytes]:
+    """The pieces of ``entries``, with a comma between entries."""
+    pieces: list[bytes] = []
+    for index, entry in enumerate(entries):
+        if index:
+            pieces.append(b",")
+        pieces.extend(entry)
+    return pieces
+
+
+class _PiecesResponse(Response):
+    """A large answer, sent piece by piece (at most ``PIECE_BYTES`` a write) under uvicorn's
+    flow control, so that neither the answer nor a copy of it sits whole in the connection's
+    buffer; what the request held of the budget is given back after the last piece. A client
+    that reads nothing for ``SEND_TIMEOUT_SECONDS`` loses its connection, so that an unread
+    answer cannot hold the budget."""
+
+    def __init__(self, pieces: list[bytes], hold: _serving.Hold) -> None:
+        super().__init__(media_type=JSON)
+        self.headers["content-length"] = str(sum(map(len, pieces)))
+        self._pieces = pieces
+        self._hold = hold
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        pieces, self._pieces = self._pieces, []
+        pieces.reverse()  # popped from the end: each piece is dropped once sent
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            while pieces:
+                piece = pieces.pop()
+                for start in range(0, len(piece), _serving.PIECE_BYTES):
+                    message = {
+                        "type": "http.response.body",
+                        "body": piece[start : start + _serving.PIECE_BYTES],
+                        "more_body": True,
+                    }
+                    await asyncio.wait_for(send(message), _serving.SEND_TIMEOUT_SECONDS)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._hold.release()
 
 
 def _batch_size(operation: str, body: dict[str, Any]) -> int:
@@ -360,7 +408,7 @@ def create_app(
             raise _too_large(f"a batch has at most {max_batch} items")
         return body, not parsed.inline
 
-    async def serve(request: Request, operation: str, hold: _serving.Hold) -> bytes:
+    async def serve(request: Request, operation: str, hold: _serving.Hold) -> bytes | list[bytes]:
         token_id, token_scope = authorize(request)
         hold.tenant = (token_scope.user_id, token_scope.agent_name)
         if limiter is not None:
@@ -397,8 +445,9 @@ def create_app(
         # a single value larger than the room it took: counted once it is known
         hold.take_now(_serving.ANSWER_COPIES * answer.size - room)
         if answer.size > _serving.LARGE_ANSWER_BYTES:
-            return await asyncio.to_thread(_encode_answer, answer, max_answer_bytes, True)
-        return _encode_answer(answer, max_answer_bytes, False)
+            encode = _serving.json_pieces
+            return await asyncio.to_thread(_answer_pieces, answer, max_answer_bytes, encode)
+        return b"".join(_answer_pieces(answer, max_answer_bytes))
 
     def error_response(operation: str, exc: Exception) -> Response:
         status, body = _protocol.encode_error(exc)
@@ -429,6 +478,8 @@ def create_app(
                 hold.release()
                 raise
             # the answer's bytes stay counted until they have been sent
+            if isinstance(content, list):
+                return _PiecesResponse(content, hold)
             background = BackgroundTask(hold.release_when_sent)
             return Response(content, media_type=JSON, background=background)
 

@@ -331,3 +331,62 @@ def test_what_a_request_held_is_given_back_on_the_event_loop(
 
     assert asyncio.run(exchange()) == [200, 200, 200]
     assert app.state.inflight_budget.used == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_answers_are_sent_in_pieces_and_arrive_whole(
+    service: ServiceThread, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent_datastore._serving.PIECE_BYTES", 64 * 1024)
+    with _remote(service, backend) as store:
+        proxy = store.proxy("user-1", "agent-a")
+        values = {
+            "text": 'é\u2028"\\' * 100_000,
+            "list": [{"n": index, "$x": [2**70, 1.5, None]} for index in range(20_000)],
+            "number": 2**100,
+        }
+        proxy.set_many(values, metadata={"m": "v" * 300_000})
+        assert proxy.get("text") == values["text"]
+        assert proxy.get_many(["number", "list", "text"]) == values
+        item = proxy.get_item("list")
+        assert item is not None
+        assert item.value == values["list"]
+        assert [info.metadata for info in proxy.list_items()] == [{"m": "v" * 300_000}] * 3
+        answer = _post(store, "get_many", {"keys": ["text", "list"]})
+        assert int(answer.headers["content-length"]) == len(answer.content) > 256 * 1024
+        assert store.app.state.inflight_budget.used == 0
+
+
+def test_an_answer_nobody_reads_loses_its_connection_and_gives_back_its_room(
+    service: ServiceThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent_datastore._serving.SEND_TIMEOUT_SECONDS", 0.5)
+    with _remote(service, "remote") as store:
+        keys = [f"big-{index}" for index in range(3)]
+        store.proxy("user-1", "agent-a").set_many({key: "x" * (8 * 2**20) for key in keys})
+        budget = store.app.state.inflight_budget
+        token = store.token("user-1", "agent-a")
+        host, port = store.url.split("//")[1].split("/")[0].split(":")
+        path = "/" + store.url.split("/", 3)[3] + "/v1/get_many"
+        body = json.dumps({"keys": keys}).encode()
+        reader = socket.create_connection((host, int(port)))
+        try:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            reader.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            _wait_until_held(store, 3 * 8 * 2**20)  # the answer is being sent, and not read
+            for _ in range(400):
+                if budget.used == 0:
+                    break
+                time.sleep(0.05)
+            assert budget.used == 0  # given back although the answer was never read
+            received = 0
+            reader.settimeout(10)
+            while chunk := reader.recv(1 << 20):
+                received += len(chunk)
+            assert received < 3 * 8 * 2**20  # the service closed the connection midway
+        finally:
+            reader.close()

@@ -19,7 +19,7 @@ import agent_datastore
 from agent_datastore import DataStoreError, DataStoreUnavailable, HTTPException, _protocol
 from agent_datastore._health import Readiness
 from agent_datastore._metrics import DATABASE_ERROR_KINDS, REFUSAL_REASONS, ServiceMetrics
-from agent_datastore._serving import InflightBudget
+from agent_datastore._serving import Hold, InflightBudget
 from agent_datastore.server import create_app
 
 from .helpers import closed_port
@@ -348,9 +348,9 @@ def test_the_in_flight_budget_refusals_are_counted_under_their_reasons(
 ) -> None:
     monkeypatch.setattr("agent_datastore._serving.BUSY_WAIT_SECONDS", 0)
     budget = InflightBudget(10)
-    budget.take_now(budget_used)
+    Hold(budget).take_now(budget_used)  # another request's, with nothing else of its tenant
     with pytest.raises(HTTPException) as refused:
-        asyncio.run(budget.take(wanted))  # the service's own exception, as it raises it
+        asyncio.run(Hold(budget).take(wanted))  # the service's own exception, as it raises it
     metrics = ServiceMetrics(["get"])
     metrics.count_failure(_protocol.encode_error(refused.value)[0], refused.value)
     samples = _samples(metrics.exposition()[0].decode())
@@ -382,12 +382,12 @@ def test_bytes_in_flight_come_from_the_given_function() -> None:
 
 def test_bytes_in_flight_follow_the_in_flight_budget(serving: Any) -> None:
     running = serving("sync")
-    budget = running.app.state.inflight_budget
-    budget.take_now(4096)  # as a request holding a body would
+    hold = Hold(running.app.state.inflight_budget)
+    hold.take_now(4096)  # as a request holding a body would
     try:
         held = running.metrics()[_key("agent_datastore_in_flight_request_bytes")]
     finally:
-        budget.give_back(4096)
+        hold.release()
     assert held == 4096
     assert running.metrics()[_key("agent_datastore_in_flight_request_bytes")] == 0
 
