@@ -363,7 +363,7 @@ def test_an_answer_nobody_reads_loses_its_connection_and_gives_back_its_room(
     monkeypatch.setattr("agent_datastore._serving.SEND_TIMEOUT_SECONDS", 0.5)
     with _remote(service, "remote") as store:
         keys = [f"big-{index}" for index in range(3)]
-        store.proxy("user-1", "agent-a").set_many({key: "x" * (8 * 2**20) for key in keys})
+        store.proxy("user-1", "agent-a").set_many(dict.fromkeys(keys, "x" * (8 * 2 ** 20)))
         budget = store.app.state.inflight_budget
         token = store.token("user-1", "agent-a")
         host, port = store.url.split("//")[1].split("/")[0].split(":")
