@@ -465,13 +465,11 @@ def _hostile_run(
             attacks = hostile_clients.ATTACKS if name == TOGETHER else (name,)
             start_rss = memory.reset_peak()
             durations: list[float] = []
-            attackers = _attack(
-                url,
-                secret,
-                settings,
-                attacks,
-                lambda plan=plan: durations.append(_run_phase(url, secret, plan, requests)),
-            )
+
+            def well_behaved(plan: list[Client] = plan, durations: list[float] = durations) -> None:
+                durations.append(_run_phase(url, secret, plan, requests))
+
+            attackers = _attack(url, secret, settings, attacks, well_behaved)
             phases[name] = {
                 **_phase(plan, sum(durations), start_rss, memory.peak()),
                 "attackers": attackers,
