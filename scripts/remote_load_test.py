@@ -463,6 +463,8 @@ def _hostile_run(
             if name == "without_attackers":
                 continue
             attacks = hostile_clients.ATTACKS if name == TOGETHER else (name,)
+            # on stderr, so that a profiler of the service can tell the phases apart
+            print(f"hostile: phase {name} begins", file=sys.stderr, flush=True)
             start_rss = memory.reset_peak()
             durations: list[float] = []
 
@@ -474,6 +476,7 @@ def _hostile_run(
                 **_phase(plan, sum(durations), start_rss, memory.peak()),
                 "attackers": attackers,
             }
+            print(f"hostile: phase {name} ends", file=sys.stderr, flush=True)
         samples = memory.samples
     with RemoteDataStoreProxy(url, issue_token(secret, *ATTACKER), "attack", timeout=120) as spy:
         spy.clear()  # the large values, which a real database would keep
