@@ -59,6 +59,7 @@ class AttackSizes:
     half_open: int  # connections, half of each kind
     flood_requests: int  # per spelling of the token
     flood_clients: int  # per spelling
+    settle_seconds: float  # the attackers' head start on the well-behaved clients, each phase
 
 
 FULL = AttackSizes(
@@ -72,6 +73,7 @@ FULL = AttackSizes(
     half_open=300,
     flood_requests=300,
     flood_clients=2,
+    settle_seconds=1.0,
 )
 SMALL = AttackSizes(
     value_bytes=64 * 2**10,
@@ -84,6 +86,7 @@ SMALL = AttackSizes(
     half_open=40,
     flood_requests=150,
     flood_clients=2,
+    settle_seconds=0.3,
 )
 
 

@@ -385,7 +385,6 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 
 # ------------------------------------------------------------------------------ hostile
 
-SETTLE_SECONDS = 1.0  # for the attackers to be at work before the well-behaved clients start
 ATTACKER = ("attacker", "agent-x")
 
 
@@ -425,7 +424,8 @@ def _attack(
     try:
         for attacker in attack:
             attacker.start(stop)
-        time.sleep(SETTLE_SECONDS)
+        # for the attackers to be at work before the well-behaved clients start
+        time.sleep(settings.sizes.settle_seconds)
         run()
     finally:
         stop.set()
