@@ -482,6 +482,11 @@ def report_lines(findings: dict[str, Any]) -> list[str]:
         "hostile: the well-behaved clients alone, beside each attack alone, then beside all "
         "together; service options: " + " ".join(findings["service_options"]),
     ]
+    environment = findings.get("service_environment")
+    if environment:
+        lines.append(
+            "  service environment: " + " ".join(f"{k}={v}" for k, v in environment.items())
+        )
     if findings["before_availability_limits"]:
         lines.append("  (the service has none of the availability limits yet)")
     lines.append(

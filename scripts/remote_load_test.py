@@ -509,6 +509,10 @@ def _hostile_run(
     p99_ratio = attacked[worst_latency]["p99_ratio"]
     findings = {
         "service_options": options,
+        # the allocator's settings change what the service keeps resident after a request
+        "service_environment": {
+            name: value for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_")
+        },
         # none of the service's availability limits exist yet on this service
         "before_availability_limits": not passed,
         "attack_sizes": asdict(settings.sizes),
