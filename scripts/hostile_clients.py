@@ -1,6 +1,8 @@
 """Attackers of the store service, for ``scripts/remote_load_test.py --hostile``: each sends one
 abusive pattern to a service on 127.0.0.1, bounded in count and in time, and tallies what it
-got back. They run in threads beside the well-behaved clients, until told to stop.
+got back. They run in threads of a process of their own (``python hostile_clients.py``, driven
+by ``AttackProcess``), until told to stop: in the well-behaved clients' process, reading 60 MB
+answers would take that process's interpreter lock from the clients whose latency is measured.
 
 - ``LargeAnswers``: ``get_many`` of keys that each hold a large value (written first with
   ``write_large_values``), so that every answer is the sum of them.
@@ -25,24 +27,28 @@ report).
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from agent_datastore import RemoteDataStoreProxy
+from agent_datastore import RemoteDataStoreProxy, issue_token
 
 NAMESPACE = "attack"
 MiB = 2**20
 ANSWER_TIMEOUT_SECONDS = 120  # a large answer may take long; every attacker still stops
+STOP_SECONDS = 30.0  # attackers still sending when told to stop get this long to end
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class AttackSizes:
     value_bytes: int  # each large value
     keys: int  # large values, all asked for by one get_many
     large_answer_clients: int
+    # Requests per client are at most these: every attacker stops when its phase ends, so
+    # that the well-behaved clients meet the attack from their first request to their last.
     large_answer_requests: int  # per client
     heavy_body_bytes: int
     heavy_body_clients: int
@@ -66,10 +74,10 @@ FULL = AttackSizes(
     value_bytes=15 * 2**20,
     keys=40,
     large_answer_clients=2,
-    large_answer_requests=3,
+    large_answer_requests=25,
     heavy_body_bytes=30 * 2**20,
     heavy_body_clients=3,
-    heavy_body_requests=2,
+    heavy_body_requests=10,
     half_open=300,
     flood_requests=300,
     flood_clients=2,
@@ -356,6 +364,91 @@ def attackers(
     return chosen
 
 
+# ------------------------------------------------------------ the attackers' own process
+
+
+class AttackProcess:
+    """The attackers of ``attacks`` at work in a child process (this file run as a script),
+    from ``start`` until ``stop``, which returns what each got. Tokens are issued in the child
+    with ``secret``, which it reads from its standard input, never from its command line."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        scope: tuple[str, str],
+        sizes: AttackSizes,
+        attacks: tuple[str, ...],
+        half_open_hold_seconds: float,
+    ) -> None:
+        self._config = {
+            "url": url,
+            "secret": secret,
+            "scope": list(scope),
+            "sizes": asdict(sizes),
+            "attacks": list(attacks),
+            "half_open_hold_seconds": half_open_hold_seconds,
+        }
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        """Start the attackers; returns once every one of them is at work."""
+        # the child finds this package where this process found it
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+        self._process = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(json.dumps(self._config) + "\n")
+        self._process.stdin.flush()
+        if self._process.stdout.readline().strip() != "started":
+            self._process.kill()
+            self._process.wait()
+            raise RuntimeError(f"the attackers' process failed ({self._process.returncode})")
+
+    def stop(self, timeout: float) -> dict[str, Any]:
+        """Stop the attackers, and what each got; waits up to ``timeout`` seconds for them."""
+        process = self._process
+        assert process is not None
+        try:
+            out, _ = process.communicate("stop\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"the attackers did not stop within {timeout:g} s") from None
+        reports: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return reports
+
+
+def _attack_until_told(config: dict[str, Any]) -> dict[str, Any]:
+    """``AttackProcess``'s child: start the attackers, wait for "stop" (or the parent's end)
+    on standard input, stop them, and return what each got."""
+    sizes = AttackSizes(**config["sizes"])
+    secret, scope = config["secret"], tuple(config["scope"])
+    stop = threading.Event()
+    attack = attackers(
+        config["url"],
+        lambda: issue_token(secret, *scope),
+        sizes,
+        tuple(config["attacks"]),
+        config["half_open_hold_seconds"],
+    )
+    for attacker in attack:
+        attacker.start(stop)
+    print("started", flush=True)
+    sys.stdin.readline()
+    stop.set()
+    deadline = time.monotonic() + STOP_SECONDS + config["half_open_hold_seconds"]
+    for attacker in attack:
+        attacker.join(max(0.0, deadline - time.monotonic()))
+    return {attacker.name: attacker.report() for attacker in attack}
+
+
 # ------------------------------------------------------------------- the hostile run's parts
 
 # the service's newer limits, passed only when ``serve --help`` lists them
@@ -508,3 +601,7 @@ def report_lines(findings: dict[str, Any]) -> list[str]:
         verdict = "held" if check["holds"] else "MISSED"
         lines.append(f"  budget {check['budget']}: {check['measured']} {verdict}")
     return lines
+
+
+if __name__ == "__main__":
+    print(json.dumps(_attack_until_told(json.loads(sys.stdin.readline()))), flush=True)

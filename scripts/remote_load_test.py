@@ -63,7 +63,6 @@ STARTUP_SECONDS = 30
 BATCH = 1000
 MIX = "of every 8: 2 set, 1 get, 1 get_many, 1 list_keys, 1 increment own, 2 increment shared"
 PHASE_SECONDS = 90.0  # a well-behaved phase sends nothing more after this long
-ATTACKERS_STOP_SECONDS = 30.0  # attackers still sending after the phase get this long to end
 P99_BUDGET = 3.0
 # The service's request deadline in a hostile run: short, so that the run sees the half-open
 # connections closed (the service's default is 30 s).
@@ -411,28 +410,19 @@ def _attack(
     attacks: tuple[str, ...],
     run: Any,
 ) -> dict[str, Any]:
-    """The attackers of ``attacks`` at work while ``run()`` runs; what each got. The phase
-    lasts until the half-open connections have been held past the service's deadline."""
-    stop = threading.Event()
-    attack = hostile_clients.attackers(
-        url,
-        lambda: issue_token(secret, *ATTACKER),
-        settings.sizes,
-        attacks,
-        settings.half_open_hold_seconds,
-    )
+    """The attackers of ``attacks`` at work, in a process of their own, while ``run()`` runs;
+    what each got. The phase lasts until the half-open connections have been held past the
+    service's deadline."""
+    hold = settings.half_open_hold_seconds
+    attack = hostile_clients.AttackProcess(url, secret, ATTACKER, settings.sizes, attacks, hold)
+    attack.start()
     try:
-        for attacker in attack:
-            attacker.start(stop)
         # for the attackers to be at work before the well-behaved clients start
         time.sleep(settings.sizes.settle_seconds)
         run()
     finally:
-        stop.set()
-        deadline = time.monotonic() + ATTACKERS_STOP_SECONDS + settings.half_open_hold_seconds
-        for attacker in attack:
-            attacker.join(max(0.0, deadline - time.monotonic()))
-    return {attacker.name: attacker.report() for attacker in attack}
+        reports = attack.stop(hostile_clients.STOP_SECONDS + hold + STARTUP_SECONDS)
+    return reports
 
 
 def _hostile_run(
