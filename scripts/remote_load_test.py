@@ -18,13 +18,17 @@ there. Prints clients, requests, errors, duration, throughput, latency percentil
 number of writes lost; exits 1 if a write was lost or a request failed, 0 otherwise.
 
 With ``--hostile`` (8 clients x 40 requests unless told otherwise) the well-behaved clients run
-twice: alone, then while the attackers of ``scripts/hostile_clients.py`` (large answers, heavy
-bodies, half-open connections, a token flood in three spellings) hit the same service, which
-runs with a per-token rate limit. It reports both phases' latency, the service's peak memory
-(sampled from /proc), what each attacker got, and two budgets: the p99 under attack within 3x
-of the p99 without, and the peak memory within ``--max-inflight-bytes`` of its base (the
-resident size once the well-behaved phase and the attackers' large values are in). The
-service's limits are passed only when ``agent-datastore serve --help`` lists them.
+once alone, then beside each attack of ``scripts/hostile_clients.py`` alone (large answers,
+heavy bodies, half-open connections, a token flood in three spellings), then beside all of them
+at once (``--phases`` picks the attacked phases). The attackers run in a process of their own;
+the service runs with a per-token rate limit and a short request deadline (3 s; 1 s with
+``--small``), past which the half-open connections are held. Each phase's writes are read back
+and deleted when it ends. It reports each phase's latency and the service's peak memory
+(sampled from /proc, the kernel's peak reset at each phase), what each attacker got, and two
+budgets over every attacked phase: the p99 within 3x of the p99 alone, and the peak memory
+within ``--max-inflight-bytes`` of its base (the resident size once the attackers' large values
+are stored and the well-behaved clients have run alone). The service's limits are passed only
+when ``agent-datastore serve --help`` lists them.
 """
 
 from __future__ import annotations
@@ -627,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     hostile = parser.add_argument_group("hostile tenants")
-    hostile.add_argument("--hostile", action="store_true", help="a second phase, under attack")
+    hostile.add_argument(
+        "--hostile", action="store_true", help="phases under attack, each attack alone then all"
+    )
     hostile.add_argument("--small", action="store_true", help="small attacks (for the tests)")
     hostile.add_argument(
         "--rate-limit",
