@@ -166,6 +166,22 @@ def ensure_indexes() -> Operation[None]:
                 raise
 
 
+def missing_indexes() -> Operation[list[str]]:
+    """The names of the store's indexes that the collection lacks, under any name (empty
+    when both are in place). One ``listIndexes`` command, which reads no document: cheap
+    enough for a readiness probe, and it fails as any command does when the server is away."""
+    indexes = yield Command("index_information")
+    specs = list(indexes.values())
+    return [
+        name
+        for name, matches in [
+            (_core.INDEX_NAME, _core.is_equivalent_index),
+            (_core.TTL_INDEX_NAME, _core.is_expiry_index),
+        ]
+        if not any(matches(spec) for spec in specs)
+    ]
+
+
 # ---------------------------------------------------------------------------- operations
 
 
@@ -312,9 +328,16 @@ def next_page_start(page: list[str]) -> str | None:
     return page[-1] if len(page) == _core.KEY_PAGE_SIZE else None
 
 
-def list_items(
-    scope: _core.Scope, settings: Settings, prefix: object, limit: object, start_after: object
-) -> Operation[list[ItemInfo]]:
+def _items_page(
+    scope: _core.Scope,
+    settings: Settings,
+    prefix: object,
+    limit: object,
+    start_after: object,
+    projection: Mapping[str, Any],
+    max_bytes: int = 0,
+) -> Command:
+    """The ``find`` of one ``list_items`` page, with ``projection``."""
     page_filter = keys_filter(scope, settings, prefix, start_after)
     options = {
         "sort": _BY_KEY,
@@ -322,7 +345,14 @@ def list_items(
         "batch_size": _core.LISTING_BATCH_SIZE,
         "collation": _SIMPLE,
     }
-    documents = yield Command("find", (page_filter, ITEM_INFO_PROJECTION), options)
+    return Command("find", (page_filter, projection), options, max_bytes=max_bytes)
+
+
+def list_items(
+    scope: _core.Scope, settings: Settings, prefix: object, limit: object, start_after: object
+) -> Operation[list[ItemInfo]]:
+    command = _items_page(scope, settings, prefix, limit, start_after, ITEM_INFO_PROJECTION)
+    documents = yield command
     return [item_info_from_document(document) for document in documents]
 
 
@@ -460,14 +490,7 @@ def list_items_within(
     """``list_items`` reading at most about ``max_bytes`` of metadata (always one item): the
     page, whether it is all of the ``limit`` asked (if not, the listing goes on after its last
     key), and the metadata size read."""
-    page_filter = keys_filter(scope, settings, prefix, start_after)
-    options = {
-        "sort": _BY_KEY,
-        "limit": _core.check_limit(limit),
-        "batch_size": _core.LISTING_BATCH_SIZE,
-        "collation": _SIMPLE,
-    }
-    command = Command("find", (page_filter, _SIZED_ITEM_INFO), options, max_bytes=max_bytes)
+    command = _items_page(scope, settings, prefix, limit, start_after, _SIZED_ITEM_INFO, max_bytes)
     documents, complete = yield command
     size = sum(_answer_size(document) for document in documents)
     return [item_info_from_document(document) for document in documents], complete, size

@@ -26,6 +26,7 @@ import asyncio
 import json
 import json.scanner
 from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 from ._exceptions import HTTPException
@@ -48,6 +49,9 @@ DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 BUSY_WAIT_SECONDS = 2.0
 BUSY_RETRY_AFTER_SECONDS = 1
 
+# One tenant's requests in flight together may hold a quarter of the budget: it takes four
+# tenants to fill it.
+TENANTS_TO_FILL_BUDGET = 4
 # Parsed on the event loop: at most about 16 KiB of JSON, well under a millisecond.
 INLINE_PARSE_BYTES = 16 * 1024
 # Parsed by json.loads in a worker thread: up to this many values, about 20 ms of C code at
@@ -144,30 +148,45 @@ class InflightBudget:
     answered 503 with ``Retry-After``. A request that would need more than the whole budget on
     its own is answered 413 at once.
 
+    One tenant (a user's agent) may hold at most ``share`` of it with several requests at once
+    (a quarter by default), so that no tenant can take all of it by sending many requests in
+    parallel; a single request of a tenant that has nothing else in flight may take more, up
+    to the whole budget.
+
     Only the event loop touches it, so it needs no lock."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, share: int | None = None) -> None:
         self.limit = limit
+        self.share = share if share is not None else max(1, limit // TENANTS_TO_FILL_BUDGET)
         self.used = 0
+        self._by_tenant: dict[Hashable, int] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def take(self, amount: int) -> None:
+    def free_for(self, hold: Hold) -> int:
+        """What ``hold``'s request may take now, beside what it holds."""
+        free = self.limit - self.used
+        tenant_held = self._by_tenant.get(hold.tenant, 0)
+        if tenant_held > hold.held:  # the tenant has other requests in flight
+            free = min(free, self.share - tenant_held)
+        return free
+
+    async def take(self, hold: Hold, amount: int) -> None:
         if amount <= 0:
             return
-        if amount > self.limit:
+        if hold.held + amount > self.limit:
             raise HTTPException(
                 413,
-                f"the request would hold about {amount} bytes in the service, over its "
-                f"in-flight budget of {self.limit} bytes: send less at once",
+                f"the request would hold about {hold.held + amount} bytes in the service, "
+                f"over its in-flight budget of {self.limit} bytes: send less at once",
             )
-        if self.used + amount > self.limit:
-            await self._wait_for_room(amount)
-        self.used += amount
+        if self.free_for(hold) < amount:
+            await self._wait_for_room(hold, amount)
+        self.take_now(hold, amount)
 
-    async def _wait_for_room(self, amount: int) -> None:
+    async def _wait_for_room(self, hold: Hold, amount: int) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BUSY_WAIT_SECONDS
-        while self.used + amount > self.limit:
+        while self.free_for(hold) < amount:
             remaining = deadline - loop.time()
             waiter = loop.create_future()
             self._waiters.append(waiter)
@@ -185,15 +204,26 @@ class InflightBudget:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
-    def take_now(self, amount: int) -> None:
-        """Count ``amount`` that is already held (a value larger than expected, read): it may
-        take the budget past its limit, so that requests after it wait."""
-        self.used += max(0, amount)
+    def take_now(self, hold: Hold, amount: int) -> None:
+        """Count ``amount`` for ``hold`` without waiting: also what is already held (a value
+        larger than expected, read), which may take the budget past its limit, so that
+        requests after it wait."""
+        if amount <= 0:
+            return
+        self.used += amount
+        self._by_tenant[hold.tenant] = self._by_tenant.get(hold.tenant, 0) + amount
+        hold.held += amount
 
-    def give_back(self, amount: int) -> None:
+    def give_back(self, hold: Hold) -> None:
+        amount, hold.held = hold.held, 0
         if amount <= 0:
             return
         self.used -= amount
+        left = self._by_tenant[hold.tenant] - amount
+        if left:
+            self._by_tenant[hold.tenant] = left
+        else:
+            del self._by_tenant[hold.tenant]
         while self._waiters:  # each waiter checks again whether it fits now
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -201,32 +231,35 @@ class InflightBudget:
 
 
 class Hold:
-    """What one request holds of the budget; ``release`` gives it all back once the answer
-    has been sent."""
+    """What one request holds of the budget, on behalf of its ``tenant`` (set once its token
+    is verified); ``release`` gives it all back once the answer has been sent."""
 
-    __slots__ = ("_budget", "held")
+    __slots__ = ("_budget", "held", "tenant")
 
     def __init__(self, budget: InflightBudget) -> None:
         self._budget = budget
         self.held = 0
+        self.tenant: Hashable = None
 
     async def take(self, amount: int) -> None:
-        await self._budget.take(amount)
-        self.held += amount
+        await self._budget.take(self, amount)
 
     def take_now(self, amount: int) -> None:
-        self._budget.take_now(amount)
-        self.held += max(0, amount)
+        self._budget.take_now(self, amount)
 
     def release(self) -> None:
-        held, self.held = self.held, 0
-        self._budget.give_back(held)
+        self._budget.give_back(self)
+
+    async def release_when_sent(self) -> None:
+        """``release``, as the background task of a response: a coroutine, so that Starlette
+        runs it on the event loop rather than in its thread pool (a thread hop per request)."""
+        self.release()
 
     async def take_for_answer(self, wanted: int, minimum: int) -> int:
         """Room for an answer of up to ``wanted`` bytes: as much as is free now if that is at
         least ``minimum``, else ``minimum`` once it is (or 503). Reads are bounded by what
         they get, so that under load answers come in smaller pages rather than not at all."""
-        free = self._budget.limit - self._budget.used
+        free = self._budget.free_for(self)
         amount = min(wanted, free) if free >= minimum else minimum
         # never more than the budget leaves beside what this request already holds
         amount = max(1, min(amount, self._budget.limit - self.held))

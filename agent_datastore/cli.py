@@ -654,6 +654,13 @@ def _served_uri(ctx: click.Context, uri: str | None, embedded: bool) -> str:
 )
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="For HTTPS.")
+@click.option(
+    "--metrics-token",
+    envvar="AGENT_DATASTORE_METRICS_TOKEN",
+    metavar="TOKEN",
+    help="Answer GET /metrics only to requests bearing this token (at least 16 characters); "
+    "without it, /metrics is open. Default: $AGENT_DATASTORE_METRICS_TOKEN.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -671,6 +678,7 @@ def serve(
     max_connections: int | None,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
+    metrics_token: str | None,
 ) -> None:
     """Serve the store over HTTP to remote proxies (the server extra).
 
@@ -710,6 +718,7 @@ def serve(
         max_inflight_bytes=max_inflight_bytes,
         rate_limit=_rate_limit(rate_limit),
         audience=audience,
+        metrics_token=metrics_token,
     )
 
 

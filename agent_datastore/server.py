@@ -26,18 +26,20 @@ try:
     from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - the server extra is not installed
     raise ImportError(
         "agent_datastore.server needs its extra: pip install 'agent-datastore[server]'"
     ) from exc
 
-from . import _core, _protocol, _serving
+from . import _core, _health, _protocol, _serving
 from . import _operations as ops
 from ._async import AsyncDataStore
 from ._exceptions import DataStoreUnavailable, HTTPException, TokenRejected
 from ._items import Item, ItemInfo
+from ._metrics import ServiceMetrics, check_metrics_token
+from ._openapi import openapi_document
 from ._serving import DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 from ._store import DataStore
 from ._tokens import _check_audience, _secret_bytes, verify_token
@@ -57,6 +59,9 @@ DEFAULT_MAX_BATCH = _protocol.DEFAULT_MAX_BATCH
 JSON = "application/json"
 
 logger = logging.getLogger("agent_datastore.server")
+
+# The routes of load balancers, orchestrators and Prometheus, beside the operations'.
+_SERVICE_ROUTES = ("healthz", "readyz", "metrics")
 
 
 class _RateLimiter:
@@ -259,6 +264,7 @@ def create_app(
     audience: str | None = None,
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+    metrics_token: str | None = None,
 ) -> Starlette:
     """An ASGI application serving ``store`` to the holders of tokens signed with ``secret``.
 
@@ -275,7 +281,12 @@ def create_app(
     the remote proxies fetch the rest. Requests in flight hold at most about
     ``max_inflight_bytes`` (their bodies, what parsing and encoding them takes, and their
     answers): a request past it waits briefly, then is answered 503 with ``Retry-After``; one
-    that would need more than all of it alone is answered 413.
+    that would need more than all of it alone is answered 413. One user's agent may hold a
+    quarter of it with requests in parallel.
+
+    ``GET /healthz`` answers 200 while the process runs; ``GET /readyz`` 200 when the database
+    answers and the store's indexes are in place, else 503; ``GET /metrics`` the Prometheus
+    metrics, to anyone, or with ``metrics_token`` only to requests bearing it (401 otherwise).
     """
     if not isinstance(store, (DataStore, AsyncDataStore)):
         raise TypeError(f"store must be a DataStore or AsyncDataStore, not {type(store).__name__}")
@@ -292,6 +303,9 @@ def create_app(
     limiter = None if rate_limit is None else _RateLimiter(*rate_limit)
     budget = _serving.InflightBudget(max_inflight_bytes)
     asynchronous = isinstance(store, AsyncDataStore)
+    metrics_key = check_metrics_token(metrics_token)
+    metrics = ServiceMetrics([*_protocol.OPERATIONS, *_SERVICE_ROUTES])
+    metrics.track_inflight_bytes(lambda: budget.used)
 
     async def read_body(request: Request, hold: _serving.Hold) -> bytes:
         """The body, counted against the budget as it arrives: its declared length at once
@@ -348,6 +362,7 @@ def create_app(
 
     async def serve(request: Request, operation: str, hold: _serving.Hold) -> bytes:
         token_id, token_scope = authorize(request)
+        hold.tenant = (token_scope.user_id, token_scope.agent_name)
         if limiter is not None:
             wait = limiter.wait_needed(token_id, token_scope.expires_at)
             if wait:
@@ -365,7 +380,9 @@ def create_app(
             # and their JSON; a batch read reads at most a third of the room it got
             wanted = max_answer_bytes if operation in ("get_many", "list_items") else _READ_ROOM
             copies = _serving.ANSWER_COPIES
-            room = await hold.take_for_answer(copies * wanted, copies * _READ_ROOM)
+            # at least room for a 1 MiB value, or a sixteenth of a small budget
+            minimum = min(copies * _READ_ROOM, max(1, budget.limit // 16))
+            room = await hold.take_for_answer(copies * wanted, minimum)
         work, answer_of = _operation(
             scope, store._settings(), operation, body, max(1, room // _serving.ANSWER_COPIES)
         )
@@ -385,6 +402,7 @@ def create_app(
 
     def error_response(operation: str, exc: Exception) -> Response:
         status, body = _protocol.encode_error(exc)
+        metrics.count_failure(status, exc)
         if status == 500 or isinstance(exc, DataStoreUnavailable):  # not a busy service's 503
             logger.error("%s failed: %s", operation, exc, exc_info=exc)
         if status == 413:
@@ -411,9 +429,10 @@ def create_app(
                 hold.release()
                 raise
             # the answer's bytes stay counted until they have been sent
-            return Response(content, media_type=JSON, background=BackgroundTask(hold.release))
+            background = BackgroundTask(hold.release_when_sent)
+            return Response(content, media_type=JSON, background=background)
 
-        return handle
+        return metrics.instrument(operation, handle)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -423,7 +442,23 @@ def create_app(
         for name in _protocol.OPERATIONS
     ]
     routes.append(Route(f"{_protocol.API_PREFIX}/openapi.json", openapi, methods=["GET"]))
-    app = Starlette(routes=routes)
+    service_routes = {
+        "healthz": _health.healthz,
+        "readyz": _health.Readiness(store).endpoint,
+        "metrics": metrics.endpoint(metrics_key),
+    }
+    for name, handler in service_routes.items():
+        routes.append(Route(f"/{name}", metrics.instrument(name, handler), methods=["GET"]))
+
+    async def unrouted(request: Request, exc: Exception) -> Response:
+        # Starlette's own answer, counted under one label whatever the path
+        status = getattr(exc, "status_code", 404)
+        metrics.count_unrouted(status)
+        return PlainTextResponse(
+            getattr(exc, "detail", ""), status_code=status, headers=getattr(exc, "headers", None)
+        )
+
+    app = Starlette(routes=routes, exception_handlers={404: unrouted, 405: unrouted})
     app.state.inflight_budget = budget  # for metrics and tests: what requests hold now
     return app
 
@@ -500,178 +535,3 @@ def serve(
             await store.aclose()
 
     asyncio.run(run())
-
-
-# ----------------------------------------------------------------------------- OpenAPI
-
-_ANY: dict[str, Any] = {"description": "Any JSON value."}
-_NAME = {"type": "string", "minLength": 1}
-_DATE = {"type": "string", "format": "date-time"}
-_INT = {"type": "integer"}
-_FIELDS: dict[str, dict[str, Any]] = {
-    "namespace": {**_NAME, "default": "default"},
-    "key": _NAME,
-    "value": _ANY,
-    "metadata": {"type": "object", "additionalProperties": _ANY},
-    "ttl_ms": {"type": "integer", "minimum": 1},
-    "if_version": {"type": "integer", "minimum": 0},
-    "amount": _INT,
-    "limit": {"type": "integer", "minimum": 1, "maximum": _core.KEY_PAGE_SIZE},
-    "prefix": {"type": "string"},
-    "start_after": {"type": "string"},
-    "keys": {"type": "array", "items": _NAME},
-    "items": {"type": "object", "propertyNames": {"minLength": 1}, "additionalProperties": _ANY},
-}
-_DETAILS = {
-    "key": {"type": "string"},
-    "metadata": {"type": "object"},
-    "createdAt": _DATE,
-    "updatedAt": _DATE,
-    "version": _INT,
-    "expiresAt": {"oneOf": [_DATE, {"type": "null"}]},
-}
-_ITEM = {
-    "type": "object",
-    "properties": {**_DETAILS, "value": _ANY},
-    "required": [*_DETAILS, "value"],
-}
-_ITEM_INFO = {
-    "type": "object",
-    "properties": {**_DETAILS, "size": _INT},
-    "required": [*_DETAILS, "size"],
-}
-_RESULTS: dict[str, dict[str, Any]] = {
-    "get": {
-        "type": "object",
-        "properties": {"found": {"type": "boolean"}, "value": _ANY},
-        "required": ["found", "value"],
-    },
-    "get_item": {"oneOf": [_ITEM, {"type": "null"}]},
-    "set": {"type": "null"},
-    "increment": _INT,
-    "delete": {"type": "boolean"},
-    "list_keys": {"type": "array", "items": {"type": "string"}},
-    "list_items": {"type": "array", "items": _ITEM_INFO},
-    "list_namespaces": {"type": "array", "items": {"type": "string"}},
-    "clear": _INT,
-    "get_many": {"type": "object", "additionalProperties": _ANY},
-    "set_many": _INT,
-}
-_SUMMARIES = {
-    "get": "The value under a key (found: false when there is none).",
-    "get_item": "An item with its metadata, timestamps, version and expiry; null if absent.",
-    "set": "Store a value, merging metadata; ttl_ms expires it; if_version compares and sets.",
-    "increment": "Add amount to an integer (0 when absent) and return the new value.",
-    "delete": "Delete a key; true if it existed. if_version deletes only at that version.",
-    "list_keys": "One page of keys, sorted, after start_after.",
-    "list_items": "One page of item details (no values), sorted, after start_after.",
-    "list_namespaces": "The namespaces in which the agent has keys.",
-    "clear": "Delete every key of the namespace; the number deleted.",
-    "get_many": "The values of those keys that exist, in the order asked.",
-    "set_many": "Store several items at once; the number stored.",
-}
-# What a get_many or list_items answer adds when it would pass the service's answer budget.
-_PAGING: dict[str, dict[str, Any]] = {
-    "get_many": {
-        "remaining": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Keys asked and not answered yet: ask for them again.",
-        }
-    },
-    "list_items": {
-        "more": {
-            "type": "boolean",
-            "description": "The page ended early: the listing goes on after its last key.",
-        }
-    },
-}
-_ERROR = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
-            "required": ["type", "message"],
-        }
-    },
-    "required": ["error"],
-}
-_ERROR_STATUSES = {
-    "400": "Bad input: error.type is TypeError or ValueError, as a local proxy raises.",
-    "401": "The token is missing, malformed, tampered with or expired.",
-    "409": "if_version did not match: key, expected_version and current_version say why.",
-    "413": (
-        "The body or the batch is over the service's limit (error.limits says them), or the "
-        "request would need more than the service's whole in-flight budget."
-    ),
-    "429": "Over the token's rate limit; Retry-After says when to come back.",
-    "500": "The database refused the operation.",
-    "503": (
-        "The database is unavailable, or the service is busy (Retry-After says when to come "
-        "back); the same call may succeed later."
-    ),
-}
-
-
-def _operation_document(name: str) -> dict[str, Any]:
-    spec = _protocol.OPERATIONS[name]
-    body = {
-        "type": "object",
-        "properties": {
-            field: _FIELDS[field] for field in ("namespace", *spec.required, *spec.optional)
-        },
-        "required": list(spec.required),
-        "additionalProperties": False,
-    }
-    result = {
-        "type": "object",
-        "properties": {"result": _RESULTS[name], **_PAGING.get(name, {})},
-        "required": ["result"],
-    }
-    responses: dict[str, Any] = {
-        "200": {"description": "Done.", "content": {"application/json": {"schema": result}}}
-    }
-    for status, description in _ERROR_STATUSES.items():
-        responses[status] = {
-            "description": description,
-            "content": {"application/json": {"schema": _ERROR}},
-        }
-    return {
-        "post": {
-            "operationId": name,
-            "summary": _SUMMARIES[name],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": body}},
-            },
-            "responses": responses,
-            "security": [{"token": []}],
-        }
-    }
-
-
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the service."""
-    from . import __version__
-
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "agent-datastore store service",
-            "version": __version__,
-            "description": (
-                "Every operation of a data_store proxy. The user and agent come from the "
-                "bearer token, issued by the runtime with agent_datastore.issue_token."
-            ),
-        },
-        "paths": {
-            f"{_protocol.API_PREFIX}/{name}": _operation_document(name)
-            for name in _protocol.OPERATIONS
-        },
-        "components": {
-            "securitySchemes": {
-                "token": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            }
-        },
-    }

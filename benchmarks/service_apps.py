@@ -32,7 +32,9 @@ from agent_datastore.server import KEEP_ALIVE_SECONDS
 from agent_datastore.server import serve as serve_store
 from benchmarks.run import SIMPLE, raw_item_filter, raw_live_filter, raw_set_pipeline
 
-_VALUE_ONLY = {"value": 1, "_id": 0}
+# what the service's get asks for: the value, and the size of the item, by which it decides
+# whether to encode the answer off its event loop
+_SIZED_VALUE = {"value": 1, "_id": 0, "answerSize": {"$bsonSize": "$$ROOT"}}
 
 
 def _answer(result: Any) -> Response:
@@ -50,7 +52,7 @@ def bare_app(client: AsyncMongoClient[dict[str, Any]]) -> Starlette:
         body = json.loads(await request.body())
         now = datetime.now(timezone.utc)
         found = await collection.find_one(
-            raw_live_filter(body["key"], now), _VALUE_ONLY, collation=SIMPLE
+            raw_live_filter(body["key"], now), _SIZED_VALUE, collation=SIMPLE
         )
         if found is None:
             return _answer({"found": False, "value": None})

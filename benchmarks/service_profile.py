@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent_datastore import _protocol, _tokens, server
+from agent_datastore import _protocol, _serving, _tokens
 from agent_datastore._tokens import verify_token
 
 SAMPLES_PER_SECOND = 500
@@ -50,8 +50,8 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("JSON: encode the answer", ("json/encoder.py", "dumps (json/")),
     ("pymongo driver and BSON", ("pymongo/", "bson/")),
     (
-        "service: request checks, dispatch, answer (server.py, _protocol)",
-        ("server.py", "_protocol.py"),
+        "service: request checks, dispatch, answer (server.py, _serving, _protocol)",
+        ("server.py", "_serving.py", "_protocol.py", "_metrics.py"),
     ),
     ("store layer (checks, codec, command)", ("agent_datastore/",)),
     ("bare handler (builds the command)", ("benchmarks/",)),
@@ -197,7 +197,7 @@ def micro_timings(
     timings = {
         "verify_token_us": _per_call_us(lambda: verify_token(key, token), number),
         "cached_token_us": _per_call_us(cached, number),
-        "parse_set_body_us": _per_call_us(lambda: server._object_of(set_body), number),
+        "parse_set_body_us": _per_call_us(lambda: _serving.ParsedBody(set_body).parse(), number),
         "dumps_get_answer_us": _per_call_us(lambda: _protocol.dumps(answer), number),
         "json_dumps_default_us": _per_call_us(lambda: json.dumps(answer).encode(), number),
     }

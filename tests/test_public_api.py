@@ -43,12 +43,13 @@ def test_package_is_typed() -> None:
     assert resources.files("agent_datastore").joinpath("py.typed").is_file()
 
 
-def test_importing_the_package_loads_no_cli_demo_fake_server_or_http_client() -> None:
+def test_importing_the_package_loads_no_cli_demo_fake_server_metrics_or_http_client() -> None:
     script = (
         "import sys, agent_datastore\n"
         "loaded = [m for m in ('agent_datastore.cli', 'agent_datastore.demo', 'argparse',"
         " 'mongomock_ng', 'mongomock', 'hypothesis', 'pytest', 'click',"
-        " 'agent_datastore.admin', 'agent_datastore.server', 'uvicorn', 'httpx', 'jwt')"
+        " 'agent_datastore.admin', 'agent_datastore.server', 'uvicorn', 'httpx', 'jwt',"
+        " 'prometheus_client')"
         " if m in sys.modules]\n"
         "print(loaded)\n"
     )

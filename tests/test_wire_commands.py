@@ -13,6 +13,7 @@ import pytest
 from bson.int64 import Int64
 
 from agent_datastore import AgentDataStoreProxy, VersionConflict
+from agent_datastore import _operations as ops
 from agent_datastore._core import KEY_PAGE_SIZE
 
 from .wire import WireServer, start_wire_server
@@ -513,3 +514,57 @@ def test_clear_sends_one_delete_of_the_namespace(
     (statement,) = only_command(wire, "delete")["deletes"]
     assert without_expiry(statement["q"]) == dict(SCOPE)
     assert statement["limit"] == 0
+
+
+# ------------------------------------------------------------------ the store service's reads
+
+
+def test_the_services_get_many_reads_in_key_order_and_stops_before_its_byte_budget(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    documents = [
+        {"key": "a", "value": 1, "answerSize": 600},
+        {"key": "b", "value": 2, "answerSize": 600},
+        {"key": "c", "value": 3, "answerSize": 600},
+    ]
+    wire.find_batches.append(documents)
+    store, scope = proxy._store, proxy._scope
+    operation = ops.get_many_within(scope, store._settings(), ["c", "zz", "a", "b", "0"], 1_300)
+    values, unread, size = store._run(operation)
+    # a and b fit in 1,300 bytes; c did not: it and every key after b are to be asked again,
+    # and "0" (before b, not found) does not exist
+    assert values == {"a": 1, "b": 2}
+    assert list(values) == ["a", "b"]
+    assert sorted(unread) == ["c", "zz"]
+    assert size == 1_200
+    command = only_command(wire, "find")
+    assert without_expiry(command["filter"]) == dict(
+        [*SCOPE, ("key", {"$in": ["c", "zz", "a", "b", "0"]})]
+    )
+    assert command["sort"] == {"key": 1}
+    assert command["projection"] == {
+        "key": 1,
+        "value": 1,
+        "_id": 0,
+        "answerSize": {"$bsonSize": "$$ROOT"},
+    }
+
+
+def test_the_services_list_items_measures_metadata_and_says_when_it_stopped_early(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    now = datetime.now(timezone.utc)
+    details = {"metadata": {}, "createdAt": now, "updatedAt": now, "version": 1, "size": 90}
+    wire.find_batches.append(
+        [{"key": key, **details, "answerSize": 500} for key in ("a", "b", "c")]
+    )
+    store, scope = proxy._store, proxy._scope
+    operation = ops.list_items_within(scope, store._settings(), None, 10, None, 1_000)
+    page, complete, size = store._run(operation)
+    assert [info.key for info in page] == ["a", "b"]
+    assert (complete, size) == (False, 1_000)
+    command = only_command(wire, "find")
+    assert command["projection"]["answerSize"] == {"$bsonSize": "$metadata"}
+    assert "value" not in command["projection"]
+    assert command["sort"] == {"key": 1}
+    assert command["limit"] == 10
