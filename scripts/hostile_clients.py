@@ -337,17 +337,19 @@ ATTACKS = ("large_answers", "heavy_bodies", "half_open", "token_respellings")
 
 def attackers(
     url: str,
-    issue: Callable[[], str],
+    issue_for: Callable[[str], Callable[[], str]],
     sizes: AttackSizes,
     attacks: tuple[str, ...] = ATTACKS,
     half_open_hold_seconds: float = 0.0,
 ) -> list[Any]:
     """The attackers of ``attacks`` (names of ``ATTACKS``), not yet started
-    (``write_large_values`` must have run for ``large_answers``), each with a token of its own
-    from ``issue``, so that the rate limit of one never slows another. ``token_respellings``
-    is three attackers, one per spelling of one token."""
+    (``write_large_values`` must have run for ``large_answers``). ``issue_for(attack)`` issues
+    that attack's tokens: each attacker has a token of its own, so that the rate limit of one
+    never slows another. ``token_respellings`` is three attackers, one per spelling of one
+    token."""
     chosen: list[Any] = []
     for attack in attacks:
+        issue = issue_for(attack)
         if attack == "large_answers":
             chosen.append(LargeAnswers(url, issue(), sizes))
         elif attack == "heavy_bodies":
@@ -429,11 +431,19 @@ def _attack_until_told(config: dict[str, Any]) -> dict[str, Any]:
     """``AttackProcess``'s child: start the attackers, wait for "stop" (or the parent's end)
     on standard input, stop them, and return what each got."""
     sizes = AttackSizes(**config["sizes"])
-    secret, scope = config["secret"], tuple(config["scope"])
+    secret, (user, agent) = config["secret"], config["scope"]
+
+    def issue_for(attack: str) -> Callable[[], str]:
+        # large answers read the values stored for (user, agent); every other attack is a
+        # tenant of its own, so that the service's per-tenant share of its in-flight budget
+        # does not make the attacks slow each other down when they run together
+        tenant = agent if attack == "large_answers" else f"{agent}-{attack.replace('_', '-')}"
+        return lambda: issue_token(secret, user, tenant)
+
     stop = threading.Event()
     attack = attackers(
         config["url"],
-        lambda: issue_token(secret, *scope),
+        issue_for,
         sizes,
         tuple(config["attacks"]),
         config["half_open_hold_seconds"],
