@@ -1,13 +1,16 @@
 """Attackers of the store service, for ``scripts/remote_load_test.py --hostile``: each sends one
 abusive pattern to a service on 127.0.0.1, bounded in count and in time, and tallies what it
-got back. They run in threads beside the well-behaved clients, until told to stop.
+got back. They run in threads of a process of their own (``python hostile_clients.py``, driven
+by ``AttackProcess``), until told to stop: in the well-behaved clients' process, reading 60 MB
+answers would take that process's interpreter lock from the clients whose latency is measured.
 
 - ``LargeAnswers``: ``get_many`` of keys that each hold a large value (written first with
   ``write_large_values``), so that every answer is the sum of them.
 - ``HeavyBodies``: a JSON body of tens of MiB made of empty objects (``{"key": "d", "value":
   [{}, {}, ...]}``) to ``/v1/set``, several at once: cheap to send, costly to parse.
 - ``HalfOpen``: raw connections that send part of a request and then nothing: headers that
-  never end, or a body shorter than its Content-Length.
+  never end, or a body shorter than its Content-Length; held past the service's request
+  timeout, to count those it closed.
 - ``TokenFlood``: the same token spelled three ways (as issued, with a trailing ``=``, with
   a junk character) flooding ``get``, against the service's per-token rate limit.
 
@@ -17,30 +20,35 @@ that an attacker holds none of them in memory.
 
 At the end, the parts of the hostile run that are not the well-behaved clients' (which stay in
 the script): ``HostileSettings`` (the attack sizes and the service's limits), ``MemorySampler``
-(the service's resident size from /proc) and ``report_lines`` (the text report).
+(the service's resident size from /proc, with a peak per phase) and ``report_lines`` (the text
+report).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from agent_datastore import RemoteDataStoreProxy
+from agent_datastore import RemoteDataStoreProxy, issue_token
 
 NAMESPACE = "attack"
 MiB = 2**20
 ANSWER_TIMEOUT_SECONDS = 120  # a large answer may take long; every attacker still stops
+STOP_SECONDS = 30.0  # attackers still sending when told to stop get this long to end
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class AttackSizes:
     value_bytes: int  # each large value
     keys: int  # large values, all asked for by one get_many
     large_answer_clients: int
+    # Requests per client are at most these: every attacker stops when its phase ends, so
+    # that the well-behaved clients meet the attack from their first request to their last.
     large_answer_requests: int  # per client
     heavy_body_bytes: int
     heavy_body_clients: int
@@ -57,19 +67,21 @@ class AttackSizes:
     half_open: int  # connections, half of each kind
     flood_requests: int  # per spelling of the token
     flood_clients: int  # per spelling
+    settle_seconds: float  # the attackers' head start on the well-behaved clients, each phase
 
 
 FULL = AttackSizes(
     value_bytes=15 * 2**20,
     keys=40,
     large_answer_clients=2,
-    large_answer_requests=3,
+    large_answer_requests=25,
     heavy_body_bytes=30 * 2**20,
     heavy_body_clients=3,
-    heavy_body_requests=2,
+    heavy_body_requests=10,
     half_open=300,
     flood_requests=300,
     flood_clients=2,
+    settle_seconds=1.0,
 )
 SMALL = AttackSizes(
     value_bytes=64 * 2**10,
@@ -82,6 +94,7 @@ SMALL = AttackSizes(
     half_open=40,
     flood_requests=150,
     flood_clients=2,
+    settle_seconds=0.3,
 )
 
 
@@ -229,18 +242,24 @@ class TokenFlood(Attacker):
 class HalfOpen:
     """Connections that start a request and never finish it: half send a request line and
     one header and stop before the blank line; half send whole headers with a Content-Length
-    longer than the body that follows. Held until ``stop``, then each is classified: closed
-    by the server, answered (with its status), or still open."""
+    longer than the body that follows. Each is held ``hold_seconds`` after the last one was
+    opened (longer than the service's request timeout, so that the service has had its chance
+    to close them), and at most until ``stop`` plus that; then each is classified: closed by
+    the server, answered (with its status), or still open."""
 
     name = "half_open"
 
-    def __init__(self, url: str, issue: Callable[[], str], sizes: AttackSizes) -> None:
+    def __init__(
+        self, url: str, issue: Callable[[], str], sizes: AttackSizes, hold_seconds: float
+    ) -> None:
         self._port = int(url.rsplit(":", 1)[1])
         self._count = sizes.half_open
         self._issue = issue  # a token per connection: the rate limit is another attack
+        self.hold_seconds = hold_seconds
         self.sockets: list[tuple[str, socket.socket]] = []
         self.tally: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._held_until = 0.0
 
     def _request(self, kind: str) -> bytes:
         start = b"POST /v1/get HTTP/1.1\r\nHost: x\r\n"
@@ -272,10 +291,18 @@ class HalfOpen:
                 self.tally[f"{kind}: refused"] += 1
                 continue
             self.sockets.append((kind, connection))
-        self._stop.wait()
+        self._held_until = time.monotonic() + self.hold_seconds
+
+    def seconds_left(self) -> float:
+        """How much longer the connections are to be held (the phase waits for it)."""
+        if self._thread.is_alive():
+            return self.hold_seconds
+        return max(0.0, self._held_until - time.monotonic())
 
     def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout)
+        time.sleep(max(0.0, min(self.seconds_left(), deadline - time.monotonic())))
         for kind, connection in self.sockets:
             self.tally[f"{kind}: {self._state(connection)}"] += 1
             connection.close()
@@ -295,22 +322,141 @@ class HalfOpen:
         return f"answered {status}"
 
     def report(self) -> dict[str, Any]:
-        return {"opened": len(self.sockets), "outcomes": dict(sorted(self.tally.items()))}
+        closed = sum(count for outcome, count in self.tally.items() if outcome.endswith("closed"))
+        return {
+            "opened": len(self.sockets),
+            "held_seconds": self.hold_seconds,
+            "closed_by_server": closed,
+            "outcomes": dict(sorted(self.tally.items())),
+        }
 
 
-def attackers(url: str, issue: Callable[[], str], sizes: AttackSizes) -> list[Any]:
-    """Every attacker, not yet started (``write_large_values`` must have run), each with a
-    token of its own from ``issue``, so that the rate limit of one never slows another."""
-    floods = [
-        TokenFlood(url, spelling, text, sizes)
-        for spelling, text in token_spellings(issue()).items()
-    ]
-    return [
-        LargeAnswers(url, issue(), sizes),
-        HeavyBodies(url, issue(), sizes),
-        HalfOpen(url, issue, sizes),
-        *floods,
-    ]
+# The attacks, each run alone beside the well-behaved clients, then all together.
+ATTACKS = ("large_answers", "heavy_bodies", "half_open", "token_respellings")
+
+
+def attackers(
+    url: str,
+    issue_for: Callable[[str], Callable[[], str]],
+    sizes: AttackSizes,
+    attacks: tuple[str, ...] = ATTACKS,
+    half_open_hold_seconds: float = 0.0,
+) -> list[Any]:
+    """The attackers of ``attacks`` (names of ``ATTACKS``), not yet started
+    (``write_large_values`` must have run for ``large_answers``). ``issue_for(attack)`` issues
+    that attack's tokens: each attacker has a token of its own, so that the rate limit of one
+    never slows another. ``token_respellings`` is three attackers, one per spelling of one
+    token."""
+    chosen: list[Any] = []
+    for attack in attacks:
+        issue = issue_for(attack)
+        if attack == "large_answers":
+            chosen.append(LargeAnswers(url, issue(), sizes))
+        elif attack == "heavy_bodies":
+            chosen.append(HeavyBodies(url, issue(), sizes))
+        elif attack == "half_open":
+            chosen.append(HalfOpen(url, issue, sizes, half_open_hold_seconds))
+        elif attack == "token_respellings":
+            chosen.extend(
+                TokenFlood(url, spelling, text, sizes)
+                for spelling, text in token_spellings(issue()).items()
+            )
+        else:
+            raise ValueError(f"no attack {attack!r}: one of {', '.join(ATTACKS)}")
+    return chosen
+
+
+# ------------------------------------------------------------ the attackers' own process
+
+
+class AttackProcess:
+    """The attackers of ``attacks`` at work in a child process (this file run as a script),
+    from ``start`` until ``stop``, which returns what each got. Tokens are issued in the child
+    with ``secret``, which it reads from its standard input, never from its command line."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        scope: tuple[str, str],
+        sizes: AttackSizes,
+        attacks: tuple[str, ...],
+        half_open_hold_seconds: float,
+    ) -> None:
+        self._config = {
+            "url": url,
+            "secret": secret,
+            "scope": list(scope),
+            "sizes": asdict(sizes),
+            "attacks": list(attacks),
+            "half_open_hold_seconds": half_open_hold_seconds,
+        }
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        """Start the attackers; returns once every one of them is at work."""
+        # the child finds this package where this process found it
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+        self._process = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(json.dumps(self._config) + "\n")
+        self._process.stdin.flush()
+        if self._process.stdout.readline().strip() != "started":
+            self._process.kill()
+            self._process.wait()
+            raise RuntimeError(f"the attackers' process failed ({self._process.returncode})")
+
+    def stop(self, timeout: float) -> dict[str, Any]:
+        """Stop the attackers, and what each got; waits up to ``timeout`` seconds for them."""
+        process = self._process
+        assert process is not None
+        try:
+            out, _ = process.communicate("stop\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"the attackers did not stop within {timeout:g} s") from None
+        reports: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return reports
+
+
+def _attack_until_told(config: dict[str, Any]) -> dict[str, Any]:
+    """``AttackProcess``'s child: start the attackers, wait for "stop" (or the parent's end)
+    on standard input, stop them, and return what each got."""
+    sizes = AttackSizes(**config["sizes"])
+    secret, (user, agent) = config["secret"], config["scope"]
+
+    def issue_for(attack: str) -> Callable[[], str]:
+        # large answers read the values stored for (user, agent); every other attack is a
+        # tenant of its own, so that the service's per-tenant share of its in-flight budget
+        # does not make the attacks slow each other down when they run together
+        tenant = agent if attack == "large_answers" else f"{agent}-{attack.replace('_', '-')}"
+        return lambda: issue_token(secret, user, tenant)
+
+    stop = threading.Event()
+    attack = attackers(
+        config["url"],
+        issue_for,
+        sizes,
+        tuple(config["attacks"]),
+        config["half_open_hold_seconds"],
+    )
+    for attacker in attack:
+        attacker.start(stop)
+    print("started", flush=True)
+    sys.stdin.readline()
+    stop.set()
+    deadline = time.monotonic() + STOP_SECONDS + config["half_open_hold_seconds"]
+    for attacker in attack:
+        attacker.join(max(0.0, deadline - time.monotonic()))
+    return {attacker.name: attacker.report() for attacker in attack}
 
 
 # ------------------------------------------------------------------- the hostile run's parts
@@ -329,6 +475,12 @@ class HostileSettings:
     request_timeout: float
     max_connections: int
 
+    @property
+    def half_open_hold_seconds(self) -> float:
+        """How long ``HalfOpen`` holds its connections: past the request timeout by as much
+        again (the service's timers may run late while its event loop is busy), and a second."""
+        return 2 * self.request_timeout + 1
+
     def service_options(self, listed: set[str]) -> list[str]:
         options = ["--rate-limit", self.rate_limit]
         values = (
@@ -346,29 +498,57 @@ class HostileSettings:
 class MemorySampler:
     """The resident size of a process, read from /proc every ``interval`` seconds in a
     thread: the largest VmRSS seen, and VmHWM (the kernel's own peak, which no sample can
-    miss)."""
+    miss). ``reset_peak`` starts both over, so that each phase of a run has a peak of its own.
+    """
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self._path = Path(f"/proc/{pid}/status")
+        self._proc = Path(f"/proc/{pid}")
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._lock = threading.Lock()
         self.peak_rss = 0
         self.samples = 0
+        # whether VmHWM was reset by the kernel at the last reset_peak (else it is the
+        # process's peak since it started, and only the samples are the phase's)
+        self.kernel_peak = True
 
     def read(self) -> dict[str, int]:
         """VmRSS and VmHWM in bytes (zeros where /proc cannot be read)."""
         values = {"VmRSS": 0, "VmHWM": 0}
         with suppress(OSError):
-            for line in self._path.read_text().splitlines():
+            for line in (self._proc / "status").read_text().splitlines():
                 name, _, rest = line.partition(":")
                 if name in values:
                     values[name] = int(rest.split()[0]) * 1024  # kB
         return values
 
+    def reset_peak(self) -> int:
+        """Start the peak over from the resident size now, which it returns: "5" written to
+        /proc/PID/clear_refs sets the kernel's VmHWM to the current VmRSS (Linux 4.0 and
+        later, for a process of one's own)."""
+        try:
+            (self._proc / "clear_refs").write_text("5")
+            self.kernel_peak = True
+        except OSError:
+            self.kernel_peak = False
+        rss = self.read()["VmRSS"]
+        with self._lock:
+            self.peak_rss = rss
+        return rss
+
+    def peak(self) -> int:
+        """The largest resident size since the last ``reset_peak``."""
+        values = self.read()
+        with self._lock:
+            sampled = max(self.peak_rss, values["VmRSS"])
+        return max(sampled, values["VmHWM"]) if self.kernel_peak else sampled
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self.peak_rss = max(self.peak_rss, self.read()["VmRSS"])
+            rss = self.read()["VmRSS"]
+            with self._lock:
+                self.peak_rss = max(self.peak_rss, rss)
             self.samples += 1
 
     def __enter__(self) -> MemorySampler:
@@ -380,30 +560,58 @@ class MemorySampler:
         self._thread.join()
 
 
+def _phase_line(name: str, phase: dict[str, Any], quiet_p99: float, base: int) -> str:
+    latency, memory = phase["latency_ms"], phase["memory"]
+    ratio = latency["p99"] / max(quiet_p99, 0.001)
+    return (
+        f"  {name:<18} {latency['p50']:>7.1f} {latency['p99']:>8.1f} {ratio:>6.1f}x "
+        f"{latency['max']:>8.1f} {phase['errors']:>6} {phase['seconds']:>6.1f} "
+        f"{memory['start_rss_bytes'] / MiB:>9.0f} {memory['peak_bytes'] / MiB:>8.0f} "
+        f"{(memory['peak_bytes'] - base) / MiB:>9.0f}"
+    )
+
+
+def _attacker_line(name: str, got: dict[str, Any]) -> str:
+    details = ", ".join(f"{k} {v}" for k, v in got.items() if k != "outcomes")
+    return f"    {name}: {details}; {json.dumps(got['outcomes'])}"
+
+
 def report_lines(findings: dict[str, Any]) -> list[str]:
     """The findings of ``remote_load_test.py --hostile`` as the lines of its text report."""
     memory, phases = findings["memory"], findings["phases"]
+    base = memory["base_rss_bytes"]
+    quiet_p99 = phases["without_attackers"]["latency_ms"]["p99"]
     lines = [
-        "hostile: the attackers ran during the second phase; service options: "
-        + " ".join(findings["service_options"]),
+        "hostile: the well-behaved clients alone, beside each attack alone, then beside all "
+        "together; service options: " + " ".join(findings["service_options"]),
     ]
+    environment = findings.get("service_environment")
+    if environment:
+        lines.append(
+            "  service environment: " + " ".join(f"{k}={v}" for k, v in environment.items())
+        )
     if findings["before_availability_limits"]:
         lines.append("  (the service has none of the availability limits yet)")
-    for name, phase in phases.items():
-        latency = phase["latency_ms"]
-        lines.append(
-            f"  {name.replace('_', ' ')}: p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f}"
-            f" ms, max {latency['max']:.1f} ms ({phase['requests']} requests, "
-            f"{phase['errors']} errors, {phase['seconds']:.1f} s)"
-        )
     lines.append(
-        f"  service memory: base {memory['base_rss_bytes'] / MiB:.0f} MiB, peak "
-        f"{memory['peak_bytes'] / MiB:.0f} MiB, {memory['growth_bytes'] / MiB:.0f} MiB over it"
+        f"  service memory: base {base / MiB:.0f} MiB (at rest: "
+        f"{memory['at_rest_rss_bytes'] / MiB:.0f} MiB, then the attackers' large values "
+        "stored and the well-behaved phase run)"
     )
-    for name, got in findings["attackers"].items():
-        details = ", ".join(f"{k} {v}" for k, v in got.items() if k != "outcomes")
-        lines.append(f"  attacker {name}: {details}; {json.dumps(got['outcomes'])}")
+    lines.append(
+        f"  {'phase':<18} {'p50 ms':>7} {'p99 ms':>8} {'p99 x':>7} {'max ms':>8} {'errors':>6} "
+        f"{'s':>6} {'start MiB':>9} {'peak MiB':>8} {'over base':>9}"
+    )
+    for name, phase in phases.items():
+        lines.append(_phase_line(name, phase, quiet_p99, base))
+    for name, phase in phases.items():
+        if phase.get("attackers"):
+            lines.append(f"  attackers in {name}:")
+            lines.extend(_attacker_line(*attacker) for attacker in phase["attackers"].items())
     for check in findings["budgets"]:
         verdict = "held" if check["holds"] else "MISSED"
         lines.append(f"  budget {check['budget']}: {check['measured']} {verdict}")
     return lines
+
+
+if __name__ == "__main__":
+    print(json.dumps(_attack_until_told(json.loads(sys.stdin.readline()))), flush=True)
