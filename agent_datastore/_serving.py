@@ -36,6 +36,7 @@ __all__ = [
     "BUSY_WAIT_SECONDS",
     "DEFAULT_MAX_ANSWER_BYTES",
     "DEFAULT_MAX_INFLIGHT_BYTES",
+    "BodyCost",
     "Hold",
     "InflightBudget",
     "ParsedBody",
@@ -95,23 +96,49 @@ _PURE_DECODER = _PureDecoder()
 _PIECEWISE_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-class ParsedBody:
-    """A request body's size and the memory its parsing and encoding are expected to take,
-    before it is parsed."""
+class BodyCost:
+    """What parsing and encoding a body is expected to hold in memory, counted chunk by chunk
+    as the body arrives, so that a body that could never fit is refused before the rest of it
+    is read: its bytes (``_TEXT_COPIES`` times) and an upper bound of its values."""
 
-    __slots__ = ("body", "containers", "cost", "values")
+    __slots__ = ("containers", "separators", "size")
 
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.containers = body.count(b"{") + body.count(b"[")
+    def __init__(self) -> None:
+        self.size = self.containers = self.separators = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.containers += chunk.count(b"{") + chunk.count(b"[")
+        self.separators += chunk.count(b",")
+
+    @property
+    def values(self) -> int:
         # every value but the first follows a comma or opens a container (an upper bound:
         # commas and brackets inside strings count too)
-        self.values = self.containers + body.count(b",") + 1
-        self.cost = (
-            _TEXT_COPIES * len(body)
+        return self.containers + self.separators + 1
+
+    @property
+    def total(self) -> int:
+        return (
+            _TEXT_COPIES * self.size
             + _CONTAINER_COST * self.containers
-            + _VALUE_COST * (self.values - self.containers)
+            + _VALUE_COST * (self.separators + 1)
         )
+
+
+class ParsedBody:
+    """A request body and what parsing and encoding it are expected to take (``cost``),
+    before it is parsed."""
+
+    __slots__ = ("body", "cost", "values")
+
+    def __init__(self, body: bytes, counted: BodyCost | None = None) -> None:
+        if counted is None:
+            counted = BodyCost()
+            counted.add(body)
+        self.body = body
+        self.values = counted.values
+        self.cost = counted.total
 
     @property
     def inline(self) -> bool:
@@ -187,15 +214,19 @@ class InflightBudget:
             free = min(free, self.share - tenant_held)
         return free
 
+    def over_budget(self, amount: int) -> HTTPException:
+        """The 413 for a request that would hold ``amount`` bytes, more than the whole."""
+        return HTTPException(
+            413,
+            f"the request would hold about {amount} bytes in the service, over its in-flight "
+            f"budget of {self.limit} bytes: send less at once",
+        )
+
     async def take(self, hold: Hold, amount: int) -> None:
         if amount <= 0:
             return
         if hold.held + amount > self.limit:
-            raise HTTPException(
-                413,
-                f"the request would hold about {hold.held + amount} bytes in the service, "
-                f"over its in-flight budget of {self.limit} bytes: send less at once",
-            )
+            raise self.over_budget(hold.held + amount)
         if self.free_for(hold) < amount:
             await self._wait_for_room(hold, amount)
         self.take_now(hold, amount)

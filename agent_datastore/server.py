@@ -355,24 +355,27 @@ def create_app(
     metrics = ServiceMetrics([*_protocol.OPERATIONS, *_SERVICE_ROUTES])
     metrics.track_inflight_bytes(lambda: budget.used)
 
-    async def read_body(request: Request, hold: _serving.Hold) -> bytes:
+    async def read_body(request: Request, hold: _serving.Hold) -> _serving.ParsedBody:
         """The body, counted against the budget as it arrives: its declared length at once
-        (so a request that cannot fit waits before anything is read), else chunk by chunk."""
+        (so a request that cannot fit waits before anything is read), else chunk by chunk;
+        refused as soon as what parsing it would hold is known to be over the whole budget."""
         declared = request.headers.get("content-length")
         length = int(declared) if declared is not None and declared.isdigit() else None
         if length is not None:
             if length > max_body_bytes:
                 raise _too_large(f"the request body is over {max_body_bytes} bytes")
             await hold.take(length)
-        chunks, size = [], 0
+        chunks, counted = [], _serving.BodyCost()
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
+            counted.add(chunk)
+            if counted.size > max_body_bytes:
                 raise _too_large(f"the request body is over {max_body_bytes} bytes")
-            if length is None or size > length:
+            if counted.total > budget.limit:
+                raise budget.over_budget(counted.total)  # before the rest is read
+            if length is None or counted.size > length:
                 await hold.take(len(chunk))
             chunks.append(chunk)
-        return b"".join(chunks)
+        return _serving.ParsedBody(b"".join(chunks), counted)
 
     def authorize(request: Request) -> tuple[str, Any]:
         """The verified token's id, which the rate limiter counts (never the token's text:
@@ -385,8 +388,7 @@ def create_app(
         return scope.token_id, scope
 
     async def checked_body(request: Request, operation: str, hold: _serving.Hold) -> Any:
-        raw = await read_body(request, hold)
-        parsed = _serving.ParsedBody(raw)
+        parsed = await read_body(request, hold)
         await hold.take(parsed.cost - hold.held)  # what parsing and encoding it will hold
         body = await _serving.parse_body(parsed)
         if not isinstance(body, dict):

@@ -363,7 +363,7 @@ def test_an_answer_nobody_reads_loses_its_connection_and_gives_back_its_room(
     monkeypatch.setattr("agent_datastore._serving.SEND_TIMEOUT_SECONDS", 0.5)
     with _remote(service, "remote") as store:
         keys = [f"big-{index}" for index in range(3)]
-        store.proxy("user-1", "agent-a").set_many(dict.fromkeys(keys, "x" * (8 * 2 ** 20)))
+        store.proxy("user-1", "agent-a").set_many(dict.fromkeys(keys, "x" * (8 * 2**20)))
         budget = store.app.state.inflight_budget
         token = store.token("user-1", "agent-a")
         host, port = store.url.split("//")[1].split("/")[0].split(":")
@@ -390,3 +390,30 @@ def test_an_answer_nobody_reads_loses_its_connection_and_gives_back_its_room(
             assert received < 3 * 8 * 2**20  # the service closed the connection midway
         finally:
             reader.close()
+
+
+def test_a_body_that_could_never_fit_is_refused_before_the_rest_of_it_arrives(
+    service: ServiceThread,
+) -> None:
+    with _remote(service, "remote") as store:
+        token = store.token("user-1", "agent-a")
+        host, port = store.url.split("//")[1].split("/")[0].split(":")
+        path = "/" + store.url.split("/", 3)[3] + "/v1/set"
+        declared = 30 * 2**20  # 30 MiB of empty objects: over a gigabyte once parsed
+        sender = socket.create_connection((host, int(port)))
+        try:
+            sender.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n".encode()
+                + b'{"key": "d", "value": ['
+                + b"{}," * (3 * 2**20)  # 9 MiB of it, and nothing more
+            )
+            sender.settimeout(30)
+            answer = b""
+            while b"}}" not in answer and len(answer) < 4096:
+                answer += sender.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 413")
+            assert b"in-flight budget" in answer
+        finally:
+            sender.close()
+        assert store.proxy("user-1", "agent-a").get("d") is None
