@@ -53,6 +53,7 @@ from typing import Any
 import httpx
 
 from agent_datastore import DataStoreUnavailable, RemoteDataStoreProxy, issue_token
+from agent_datastore._serving import DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # hostile_clients, beside this file
 import hostile_clients
@@ -639,8 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-limit",
         help="the service's per-token limit (default: 2 x --requests per 60 s)",
     )
-    hostile.add_argument("--max-answer-bytes", type=int, default=64 * MiB)
-    hostile.add_argument("--max-inflight-bytes", type=int, default=256 * MiB)
+    # the service's own defaults: the run measures the service as it ships
+    hostile.add_argument(
+        "--max-answer-bytes", type=int, default=DEFAULT_MAX_ANSWER_BYTES, help="(32 MiB)"
+    )
+    hostile.add_argument(
+        "--max-inflight-bytes", type=int, default=DEFAULT_MAX_INFLIGHT_BYTES, help="(256 MiB)"
+    )
     hostile.add_argument(
         "--request-timeout",
         type=float,
