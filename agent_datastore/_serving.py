@@ -16,8 +16,9 @@ that costs a few ``bytes.count`` calls (each at memory speed):
   milliseconds, whatever the body holds.
 
 All three are the standard library's own decoder, so every body means the same whichever path
-reads it. Answers are encoded the same way: ``json.dumps`` for small ones, the pure-Python
-``iterencode`` in a worker thread for large ones.
+reads it. Answers are encoded the same way: ``json.dumps`` for small ones; large ones in a
+worker thread, as Python code, long strings escaped a slice at a time (``json_pieces``), and
+sent in pieces (``server``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ SEND_TIMEOUT_SECONDS = 30.0
 LARGE_ANSWER_BYTES = 256 * 1024
 
 # What parsing and encoding a body costs in memory besides its bytes, per value, as counted
-# by ``parse_body``: a dict or list is about 64 bytes in CPython, held twice (the parsed value
+# by ``BodyCost``: a dict or list is about 64 bytes in CPython, held twice (the parsed value
 # and the encoded copy the store writes); any other value, a pointer and usually an object.
 # The text itself is held up to four times (the bytes, their decoding, the parsed strings and
 # the driver's BSON).
