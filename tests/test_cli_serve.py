@@ -44,12 +44,12 @@ def _wait_for(port: int, process: subprocess.Popen[str]) -> None:
     raise AssertionError("the service did not start listening")
 
 
-def test_serve_answers_remote_proxies_and_stops_on_sigint() -> None:
+def _serve(options: list[str], environment: dict[str, str]) -> tuple[str, subprocess.Popen[str]]:
+    """``agent-datastore serve`` with ``options`` on a free port: its URL and process, once it
+    is listening."""
     port = _free_port()
-    environment = {**os.environ, "AGENT_DATASTORE_SECRET": SECRET}
-    environment.pop("AGENT_DATASTORE_URI", None)
     process = subprocess.Popen(
-        [_command(), "serve", "--embedded", "--port", str(port), "--max-batch", "2"],
+        [_command(), "serve", "--port", str(port), *options],
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -57,7 +57,18 @@ def test_serve_answers_remote_proxies_and_stops_on_sigint() -> None:
     )
     try:
         _wait_for(port, process)
-        url = f"http://127.0.0.1:{port}"
+    except BaseException:
+        process.kill()
+        process.communicate(timeout=30)
+        raise
+    return f"http://127.0.0.1:{port}", process
+
+
+def test_serve_answers_remote_proxies_and_stops_on_sigint() -> None:
+    environment = {**os.environ, "AGENT_DATASTORE_SECRET": SECRET}
+    environment.pop("AGENT_DATASTORE_URI", None)
+    url, process = _serve(["--embedded", "--max-batch", "2"], environment)
+    try:
         with RemoteDataStoreProxy(url, issue_token(SECRET, "user-1", "agent-a")) as proxy:
             proxy.set("k", {"v": 2**70})
             assert proxy.get("k") == {"v": 2**70}
@@ -183,18 +194,9 @@ def test_serve_warns_of_a_password_on_the_command_line(
 
 
 def test_serve_takes_its_database_from_the_environment() -> None:
-    port = _free_port()
     environment = _environment(AGENT_DATASTORE_SECRET=SECRET, AGENT_DATASTORE_URI="mongomock://")
-    process = subprocess.Popen(
-        [_command(), "serve", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    url, process = _serve([], environment)
     try:
-        _wait_for(port, process)
-        url = f"http://127.0.0.1:{port}"
         with RemoteDataStoreProxy(url, issue_token(SECRET, "user-1", "agent-a")) as proxy:
             proxy.set("k", "v")
             assert proxy.get("k") == "v"
