@@ -33,6 +33,7 @@ from typing import Any
 import bson
 from pymongo import ReturnDocument
 
+from ._codec import string_size
 from ._pipeline import run_pipeline
 
 __all__ = ["AsyncLockedCollection", "LockedCollection", "is_fake_collection", "new_client"]
@@ -358,8 +359,7 @@ def bson_size(document: Mapping[str, Any]) -> int:
         if isinstance(value, str):
             if len(value) <= LONG_VALUE_BYTES:
                 return value
-            # isascii() is a flag of the string: no scan
-            long_bytes += len(value) if value.isascii() else len(value.encode("utf-8"))
+            long_bytes += string_size(value)
             return ""
         if type(value) is bytes:  # Binary subtypes keep their own layout: encoded as they are
             if len(value) <= LONG_VALUE_BYTES:
