@@ -54,6 +54,7 @@ __all__ = [
     "Clock",
     "Scope",
     "Write",
+    "as_utc",
     "check_amount",
     "check_if_version",
     "check_key",
@@ -329,6 +330,20 @@ def check_max_value_bytes(limit: object) -> int:
     return limit
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A date read from the database, as the store hands it out: aware, in UTC.
+
+    The store's codec reads dates naive (``_store.CODEC_OPTIONS``), and BSON dates are UTC, so
+    a naive date only needs its zone; an aware one (from a stand-in collection) is converted.
+    """
+    zone = moment.tzinfo
+    if zone is None:
+        return moment.replace(tzinfo=timezone.utc)
+    if zone is timezone.utc:
+        return moment
+    return moment.astimezone(timezone.utc)
+
+
 def live_query(now: datetime) -> dict[str, Any]:
     """The query condition of an item that has not expired at ``now``.
 
@@ -344,7 +359,7 @@ def is_live(document: Mapping[str, Any] | None, now: datetime) -> bool:
     if document is None or "createdAt" not in document:
         return False
     expires = document.get("expiresAt")
-    return not (isinstance(expires, datetime) and expires <= now)
+    return not (isinstance(expires, datetime) and as_utc(expires) <= now)
 
 
 def version_of(document: Mapping[str, Any]) -> int:
