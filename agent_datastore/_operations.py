@@ -133,9 +133,17 @@ def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
         try:
             reply = getattr(collection(), command.method)(*command.args, **command.kwargs)
             if command.method == "find":
-                reply = take_within(reply, command.max_bytes) if command.max_bytes else list(reply)
+                reply = take_within(reply, command.max_bytes) if command.max_bytes else _drain(reply)
         except DRIVER_ERRORS as exc:
             reply, failure = None, exc
+
+
+def _drain(cursor: Any) -> list[Any]:
+    """Every document of a ``find``. pymongo's ``Cursor.to_list`` takes each batch whole,
+    where iterating costs a call per document (12 us of a 100-document ``get_many``); the
+    embedded store and stand-ins give plain iterators."""
+    to_list = getattr(cursor, "to_list", None)
+    return to_list() if to_list is not None else list(cursor)
 
 
 # -------------------------------------------------------------------------------- indexes
