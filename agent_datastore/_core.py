@@ -38,6 +38,7 @@ from . import _codec
 from ._exceptions import DataStoreError
 
 __all__ = [
+    "FAILOVER_WINDOW_MS",
     "INDEX_KEYS",
     "INDEX_NAME",
     "KEY_PAGE_SIZE",
@@ -115,6 +116,15 @@ KEY_PAGE_SIZE = 1_000
 """Keys per query of ``iter_keys``: what it holds in memory at most, besides the caller's."""
 
 Clock = Callable[[], datetime]
+
+FAILOVER_WINDOW_MS = 15_000
+"""How long a call keeps looking for a primary while members of the replica set answer but
+none is primary (an election), counted from the call's first server selection; a client's
+``timeoutMS`` replaces it. An unplanned election takes about 12 s with the default
+``electionTimeoutMillis`` of 10 s (MongoDB's manual: the median "should not typically exceed
+12 seconds"), and the driver finds the new primary within about half a second after
+(``minHeartbeatFrequencyMS``, or at once with the streaming protocol of 4.4+). When nothing
+answers, the call fails after ``serverSelectionTimeoutMS`` as before. See docs/operations.md."""
 
 # The server's default first batch is 101 documents; asking for more keeps a listing or a
 # get_many to one round trip until the reply reaches the server's 16 MiB batch limit.
