@@ -533,7 +533,10 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 @_json_flag
 @click.pass_context
 def ensure_indexes(ctx: click.Context, timeout: float, as_json: bool) -> None:
-    """Create the unique and TTL indexes if they are missing, and wait for the build."""
+    """Create the unique and TTL indexes if they are missing.
+
+    Waits for the build, at most --timeout seconds; the server aborts a build still running
+    then."""
     _store(ctx).ensure_indexes(timeout=timeout)
     _print_json({"index": "ok"}) if as_json else click.echo("unique and TTL indexes present")
 
