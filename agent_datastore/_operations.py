@@ -66,8 +66,9 @@ _INDEX_CONFLICTS = frozenset({85, 86})
 
 class Command(NamedTuple):
     """One call of a collection method. ``keys`` names the items it writes, so an error can
-    say which one it was about. A ``find`` is answered with the list of its documents; with
-    ``max_bytes``, with ``(documents, complete)`` as ``take_within`` reads them."""
+    say which one it was about. A ``find`` or an ``aggregate`` is answered with the list of
+    its documents, read batch by batch from its cursor; with ``max_bytes``, with
+    ``(documents, complete)`` as ``take_within`` reads them."""
 
     method: str
     args: tuple[Any, ...] = ()
@@ -101,6 +102,9 @@ def take_within(cursor: Iterable[Mapping[str, Any]], max_bytes: int) -> tuple[li
 
 Operation = Generator[Command, Any, T]
 
+# The methods whose reply is a cursor, which the runners read to its end (or to max_bytes).
+_CURSOR_METHODS = frozenset({"find", "aggregate"})
+
 
 class Settings(NamedTuple):
     """What an operation needs of its store: its time and its value size limit."""
@@ -132,7 +136,7 @@ def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
         keys, failure = command.keys, None
         try:
             reply = getattr(collection(), command.method)(*command.args, **command.kwargs)
-            if command.method == "find":
+            if command.method in _CURSOR_METHODS:
                 reply = take_within(reply, command.max_bytes) if command.max_bytes else list(reply)
         except DRIVER_ERRORS as exc:
             reply, failure = None, exc
