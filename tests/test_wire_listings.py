@@ -9,6 +9,7 @@ clock moved past the expiry of some items, as on a server whose TTL monitor has 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -20,7 +21,7 @@ from agent_datastore import AgentDataStoreProxy, DataStore, admin
 from agent_datastore import _operations as ops
 from agent_datastore._core import LISTING_BATCH_SIZE
 
-from .helpers import MovableClock
+from .helpers import MONGODB_URI, REAL_SERVER_SKIP, MovableClock
 from .test_wire_async import run_on_both, same_commands
 from .test_wire_commands import SCOPE, SIMPLE, without_expiry
 from .wire import WireServer, start_wire_server
@@ -235,3 +236,50 @@ def test_the_admin_listings_include_every_user_and_agent_in_order() -> None:
         assert admin.users(store) == ["U0", "u1", "u2"]
         assert admin.agents(store, "u1") == ["a", "c"]
         assert admin.agents(store, "nobody") == []
+
+
+# ------------------------------------------------------------------------ on a real server
+
+
+def plan_values(explained: Any, name: str) -> list[Any]:
+    """Every value of the field ``name`` anywhere in an ``explain`` answer, whatever its
+    layout (``$cursor`` stages, a top-level queryPlanner, shards)."""
+    if isinstance(explained, dict):
+        found = [explained[name]] if name in explained else []
+        return found + [v for value in explained.values() for v in plan_values(value, name)]
+    if isinstance(explained, list):
+        return [v for value in explained for v in plan_values(value, name)]
+    return []
+
+
+@pytest.mark.skipif(not MONGODB_URI, reason=REAL_SERVER_SKIP)
+def test_a_real_server_runs_the_listings_as_distinct_scans() -> None:
+    """docs/schema.md, "Listings": one index seek per value, and for list_namespaces one
+    document read per namespace, however many items."""
+    name = f"listings_{uuid.uuid4().hex}"
+    with agent_datastore.connect(
+        MONGODB_URI, database="agent_datastore_tests", collection=name
+    ) as store:
+        try:
+            for namespace in ("a", "b", "c"):
+                proxy = store.proxy("user-1", "agent-a", namespace)
+                proxy.set_many({f"key-{i:03d}": i for i in range(200)})
+            store.proxy("user-2", "agent-b").set("k", 1)
+            assert store.proxy("user-1", "agent-a").list_namespaces() == ["a", "b", "c"]
+
+            def explain(pipeline: list[dict[str, Any]]) -> Any:
+                command = {"aggregate": name, "pipeline": pipeline, "cursor": {}}
+                return store.collection.database.command(
+                    "explain", {**command, "collation": SIMPLE}, verbosity="executionStats"
+                )
+
+            namespaces_plan = explain(ops.first_of_each_pipeline(AGENT, ("expiresAt",)))
+            assert "DISTINCT_SCAN" in plan_values(namespaces_plan, "stage")
+            examined = plan_values(namespaces_plan, "totalDocsExamined")
+            assert examined
+            assert max(examined) <= 3  # one per namespace, not 600
+            users_plan = explain(ops.first_of_each_pipeline({}))
+            assert "DISTINCT_SCAN" in plan_values(users_plan, "stage")
+            assert max(plan_values(users_plan, "totalDocsExamined"), default=0) == 0  # covered
+        finally:
+            store.collection.drop()
