@@ -410,6 +410,12 @@ def distinct_values(scope_filter: Mapping[str, str]) -> Operation[list[str]]:
     return sorted(group["_id"] for group in groups if isinstance(group.get("_id"), str))
 
 
+# The $sort and $group of list_namespaces, the same for every agent: built once, as they are
+# on every call's path.
+_ANY_AGENT = {"userId": "", "agentName": ""}
+_NAMESPACES_AFTER_MATCH = first_of_each_pipeline(_ANY_AGENT, ("expiresAt",))[1:]
+
+
 def list_namespaces(scope: _core.Scope, settings: Settings) -> Operation[list[str]]:
     """The namespaces of the agent that hold a live item, sorted.
 
@@ -420,7 +426,7 @@ def list_namespaces(scope: _core.Scope, settings: Settings) -> Operation[list[st
     live condition as every read. docs/schema.md, "Listings", has the reasoning."""
     now = settings.now
     agent = {"userId": scope.user_id, "agentName": scope.agent_name}
-    pipeline = first_of_each_pipeline(agent, ("expiresAt",))
+    pipeline = [{"$match": agent}, *_NAMESPACES_AFTER_MATCH]
     groups = yield Command("aggregate", (pipeline,), _LISTING_OPTIONS)
     live: list[str] = []
     uncertain: list[str] = []
