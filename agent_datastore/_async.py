@@ -31,7 +31,8 @@ T = TypeVar("T")
 
 async def run_async(operation: ops.Operation[T], collection: Any, *, off_loop: bool = False) -> T:
     """``_operations.run_sync`` for an ``AsyncCollection``-like object: each command awaited,
-    a ``find`` drained with ``to_list`` (or read by ``take_within_async``).
+    a ``find`` or an ``aggregate`` drained with ``to_list`` (or a ``find`` read by
+    ``take_within_async``).
 
     With ``off_loop``, the operation's own steps (validation, encoding, reading the replies)
     run in a worker thread, so that a large value is encoded and decoded without holding the
@@ -60,6 +61,9 @@ async def run_async(operation: ops.Operation[T], collection: Any, *, off_loop: b
                 reply = await take_within_async(cursor, command.max_bytes)
             elif command.method == "find":
                 reply = await method(*command.args, **command.kwargs).to_list(None)
+            elif command.method == "aggregate":  # a coroutine that opens the cursor
+                cursor = await method(*command.args, **command.kwargs)
+                reply = await cursor.to_list(None)
             else:
                 reply = await method(*command.args, **command.kwargs)
         except ops.DRIVER_ERRORS as exc:

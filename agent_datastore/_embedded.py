@@ -275,6 +275,10 @@ class AsyncLockedCollection:
     async def distinct(self, *args: Any, **kwargs: Any) -> list[Any]:
         return self._collection.distinct(*args, **kwargs)
 
+    async def aggregate(self, *args: Any, **kwargs: Any) -> _DocumentList:
+        """As ``AsyncCollection.aggregate``: a coroutine whose result is the cursor."""
+        return _DocumentList(iter(self._collection.aggregate(*args, **kwargs)))
+
     async def create_index(self, *args: Any, **kwargs: Any) -> str:
         return self._collection.create_index(*args, **kwargs)
 

@@ -1,9 +1,9 @@
 """Operator tasks over a whole store: inspect, repair, export, import and check it.
 
 The ``agent-datastore`` command is a thin shell over these functions; scripts can call them
-directly. Every question is answered by the server (``distinct``, ``count``, aggregation), never
-by pulling every document into the client, and every write goes through the same validation as
-the proxies.
+directly. Every question is answered by the server (counts and aggregations, listings read
+through cursors), never by pulling every document into the client, and every write goes
+through the same validation as the proxies.
 
 Export format (JSON Lines, one item per line)::
 
@@ -36,6 +36,7 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from . import _codec, _core
+from . import _operations as ops
 from ._exceptions import translate_driver_errors
 from ._operations import index_conflicts
 from ._store import DataStore
@@ -114,17 +115,15 @@ def _scope_filter(
 
 
 def users(store: DataStore) -> list[str]:
-    """Every user id that holds at least one item, sorted."""
-    with translate_driver_errors():
-        found = _collection(store).distinct("userId", {}, collation=_SIMPLE)
-    return sorted(name for name in found if isinstance(name, str))
+    """Every user id that holds at least one item, sorted. Read through a cursor, one index
+    entry per user (see docs/schema.md, "Listings"): no size limit."""
+    return ops.run_sync(ops.distinct_values({}), lambda: _collection(store))
 
 
 def agents(store: DataStore, user_id: str) -> list[str]:
-    """The agents of ``user_id`` that hold at least one item, sorted."""
-    with translate_driver_errors():
-        found = _collection(store).distinct("agentName", _scope_filter(user_id), collation=_SIMPLE)
-    return sorted(name for name in found if isinstance(name, str))
+    """The agents of ``user_id`` that hold at least one item, sorted; read as ``users``."""
+    listing = ops.distinct_values(_scope_filter(user_id))
+    return ops.run_sync(listing, lambda: _collection(store))
 
 
 def namespaces(store: DataStore, user_id: str, agent_name: str) -> list[str]:

@@ -45,7 +45,7 @@ RETRIED: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "set": (lambda p: p.set("k", {"v": 1}, metadata={"m": 1}), "update"),
     "delete": (lambda p: p.delete("k"), "findAndModify"),
     "list_keys": (lambda p: p.list_keys(prefix="a"), "find"),
-    "list_namespaces": (lambda p: p.list_namespaces(), "distinct"),
+    "list_namespaces": (lambda p: p.list_namespaces(), "aggregate"),
     "get_many": (lambda p: p.get_many(["a", "b"]), "find"),
     "set_many": (lambda p: p.set_many({"a": 1, "b": 2}), "update"),
     "increment": (lambda p: p.increment("k"), "findAndModify"),
