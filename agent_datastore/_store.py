@@ -533,11 +533,20 @@ def check_acknowledged(write_concern: Any) -> None:
         )
 
 
+# The server takes maxTimeMS as a 32-bit count of milliseconds: about 24.8 days.
+_MAX_TIMEOUT = (2**31 - 1) / 1000
+
+
 def check_timeout(timeout: object) -> float:
+    """``ensure_indexes``'s timeout, in seconds: positive, and short enough to be sent as the
+    build's ``maxTimeMS``."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    if not 0 < timeout < float("inf"):
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if not 0 < timeout <= _MAX_TIMEOUT:
+        raise ValueError(
+            f"timeout must be a positive number of seconds up to {_MAX_TIMEOUT:,.0f} "
+            f"(MongoDB's longest maxTimeMS), not {timeout!r}"
+        )
     return float(timeout)
 
 

@@ -246,6 +246,7 @@ def test_async_ensure_indexes_waits_with_its_timeout(wire: WireServer) -> None:
         (0, ValueError),
         (-1, ValueError),
         (float("inf"), ValueError),
+        (2**31 / 1000, ValueError),  # past MongoDB's longest maxTimeMS
         (float("nan"), ValueError),
         ("60", TypeError),
         (True, TypeError),
@@ -431,3 +432,13 @@ def test_an_async_store_refuses_a_collection_with_unacknowledged_writes() -> Non
             await client.close()
 
     asyncio.run(go())
+
+
+def test_the_ensure_indexes_command_takes_a_timeout() -> None:
+    with agent_datastore.connect("mongomock://") as store:
+        for timeout, exit_code in [("0", 2), ("3000000", 2), ("30", 0)]:
+            result = CliRunner().invoke(
+                cli, ["ensure-indexes", "--timeout", timeout], obj={"store": store}
+            )
+            assert result.exit_code == exit_code, result.output
+        assert store.collection.index_information().keys() >= {INDEX_NAME, TTL_INDEX_NAME}
