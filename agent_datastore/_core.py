@@ -96,6 +96,24 @@ would sort keys in another order than code points."""
 TTL_INDEX_KEYS: list[tuple[str, int]] = [("expiresAt", 1)]
 TTL_INDEX_NAME = "expiresAt_1"
 
+FIRST_USE_INDEX_BUILD_MS = 5_000
+"""The ``maxTimeMS`` of the ``createIndexes`` a store's first call sends when an index is
+missing: the longest an index build can hold up that call. An empty or small collection is
+indexed well within it. On a larger one the server stops the build at this bound and aborts
+it (``create_indexes_cmd.cpp``: an interrupted build is aborted unless the node stepped down),
+so the call goes on without the indexes and the store tries again after
+``INDEX_RETRY_INTERVAL``; ``agent-datastore ensure-indexes`` builds them without this bound."""
+INDEX_RETRY_INTERVAL = 900.0
+"""Seconds after a first-use build was cut off at ``FIRST_USE_INDEX_BUILD_MS`` before the
+store tries again (a ``listIndexes``, and the bounded build if still needed). Each try that
+is cut off costs every voting member up to that bound of build work, thrown away: at this
+interval, under 1% of one core per store, while an operator's ``ensure-indexes`` is noticed
+within a quarter of an hour."""
+ENSURE_INDEXES_TIMEOUT = 86_400.0
+"""Seconds ``ensure_indexes()`` waits for an index build by default: a day, for any
+collection this store is meant for. It is sent as the build's ``maxTimeMS`` (and the socket
+timeout of that one command), so a build still running then is aborted by the server."""
+
 # Fields of an item document beyond its scope strings and payloads: the document's own length
 # and terminator; _id (ObjectId); the type byte and name of userId, agentName, namespace, key,
 # value and metadata; createdAt and updatedAt (dates); version (an int32 until the item has
@@ -693,21 +711,79 @@ class Scoped:
         return self._scope.namespace
 
 
+def key_pattern(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """An index's keys as ``(field, direction)``; directions numeric where they are numbers
+    (listIndexes may give 1 as 1.0), left as they are otherwise ("hashed", "text")."""
+    return [
+        (name, int(direction) if isinstance(direction, (int, float)) else direction)
+        for name, direction in spec.get("key", [])
+    ]
+
+
+def _keys_text(keys: list[tuple[str, int]]) -> str:
+    return "(" + ", ".join(name for name, _ in keys) + ")"
+
+
+def why_not_equivalent_index(spec: Mapping[str, Any]) -> str | None:
+    """Why an index from ``index_information()`` is not the store's unique index (whatever its
+    name), or ``None`` when it is.
+
+    The store needs an index that every query can use and that keeps one document per key
+    across the whole collection. So besides its keys, uniqueness and binary collation, an
+    index is refused when it is hidden (the planner ignores it: every call would scan the
+    collection, although the server still enforces its uniqueness), partial (unique only among
+    the documents that match its filter, and used only by queries that imply that filter) or
+    sparse (unique only among the documents that hold one of its fields, and refused by the
+    planner for queries that could need the others)."""
+    if key_pattern(spec) != INDEX_KEYS:
+        return f"is not on {_keys_text(INDEX_KEYS)} ascending"
+    if not spec.get("unique"):
+        return "is not unique"
+    collation = spec.get("collation") or SIMPLE_COLLATION
+    if collation.get("locale") != "simple":
+        return f"compares strings by the {collation.get('locale')!r} collation, not binary"
+    if spec.get("hidden"):
+        return "is hidden: queries cannot use it"
+    if "partialFilterExpression" in spec:
+        return "is partial: it is unique only among the documents its filter selects"
+    if spec.get("sparse"):
+        return "is sparse: it leaves documents out, and queries may not use it"
+    return None
+
+
 def is_equivalent_index(spec: Mapping[str, Any]) -> bool:
     """Whether an index from ``index_information()`` is the store's unique index, whatever
-    its name."""
-    collation = spec.get("collation") or SIMPLE_COLLATION
-    return (
-        [(name, int(direction)) for name, direction in spec.get("key", [])] == INDEX_KEYS
-        and bool(spec.get("unique"))
-        and collation.get("locale") == "simple"
-    )
+    its name (``why_not_equivalent_index`` says why not)."""
+    return why_not_equivalent_index(spec) is None
+
+
+def why_not_expiry_index(spec: Mapping[str, Any]) -> str | None:
+    """Why an index from ``index_information()`` does not delete every item at its expiresAt,
+    or ``None`` when it does.
+
+    What matters to the TTL monitor: a single-field index on expiresAt with
+    ``expireAfterSeconds`` 0 (another number deletes items later than their expiry says), and
+    no ``partialFilterExpression`` (the monitor deletes only the documents the filter
+    selects). A hidden TTL index still deletes (MongoDB's manual, "Hidden Indexes"), and
+    whether it is sparse does not matter: documents without a date never expire."""
+    if key_pattern(spec) != TTL_INDEX_KEYS:
+        return f"is not on {_keys_text(TTL_INDEX_KEYS)} ascending"
+    if "expireAfterSeconds" not in spec:
+        return "is not a TTL index (no expireAfterSeconds)"
+    if spec.get("expireAfterSeconds") != 0:
+        return (
+            f"has expireAfterSeconds {spec.get('expireAfterSeconds')}, not 0: items would "
+            "be deleted later than they expire"
+        )
+    if "partialFilterExpression" in spec:
+        return "is partial: it deletes only the documents its filter selects"
+    return None
 
 
 def is_expiry_index(spec: Mapping[str, Any]) -> bool:
-    """Whether an index from ``index_information()`` deletes items at their expiresAt."""
-    keys = [(name, int(direction)) for name, direction in spec.get("key", [])]
-    return keys == TTL_INDEX_KEYS and spec.get("expireAfterSeconds") == 0
+    """Whether an index from ``index_information()`` deletes items at their expiresAt
+    (``why_not_expiry_index`` says why not)."""
+    return why_not_expiry_index(spec) is None
 
 
 def check_items(items: object) -> Mapping[Any, Any]:

@@ -20,11 +20,11 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 from bson.errors import InvalidBSON, InvalidDocument
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import IndexModel, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from . import _core
-from ._exceptions import VersionConflict, translate
+from ._exceptions import DataStoreError, VersionConflict, translate
 from ._items import (
     ITEM_INFO_PROJECTION,
     ITEM_PROJECTION,
@@ -145,29 +145,96 @@ def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
 # -------------------------------------------------------------------------------- indexes
 
 
+# The store's two indexes: keys, the options they are created with, and what says whether an
+# index already there (under any name) serves as it.
+_STORE_INDEXES: tuple[
+    tuple[list[tuple[str, int]], dict[str, Any], Callable[..., str | None]], ...
+] = (
+    (
+        _core.INDEX_KEYS,
+        {"name": _core.INDEX_NAME, "unique": True, "collation": _SIMPLE},
+        _core.why_not_equivalent_index,
+    ),
+    (
+        _core.TTL_INDEX_KEYS,
+        {"name": _core.TTL_INDEX_NAME, "expireAfterSeconds": 0, "sparse": True},
+        _core.why_not_expiry_index,
+    ),
+)
+# The server stopped a bounded build at its maxTimeMS (50, MaxTimeMSExpired), or, in a
+# transaction only, found the same build under way (276, IndexBuildAlreadyInProgress; outside
+# one, the server waits for that build itself, within the same bound).
+_BUILD_CUT_OFF = frozenset({50, 276})
+
+
+def _missing(indexes: Mapping[str, Mapping[str, Any]]) -> list[IndexModel]:
+    """The store's indexes that no index of ``indexes`` (``index_information()``) serves."""
+    specs = list(indexes.values())
+    return [
+        IndexModel(keys, **options)
+        for keys, options, why_not in _STORE_INDEXES
+        if not any(why_not(spec) is None for spec in specs)
+    ]
+
+
+def index_conflicts(indexes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Why the indexes of ``indexes`` that have the keys of one of the store's indexes, or its
+    name, do not serve as it: one sentence each, naming the index. Empty when each of the
+    store's indexes is served (or simply absent)."""
+    reasons: list[str] = []
+    for keys, options, why_not in _STORE_INDEXES:
+        if any(why_not(spec) is None for spec in indexes.values()):
+            continue
+        kind = "unique index" if options.get("unique") else "TTL index"
+        for name, spec in indexes.items():
+            if _core.key_pattern(spec) == keys or name == options["name"]:
+                reasons.append(f"{kind} {name!r} {why_not(spec)}")
+    return reasons
+
+
+def _create_missing(max_time_ms: int | None) -> Operation[bool]:
+    """One ``listIndexes``; then, for the store's indexes that are not there under any name,
+    one ``createIndexes`` (bounded by ``max_time_ms``, if given). Whether both indexes are in
+    place at the end: ``False`` only when the server cut the build off at its bound.
+
+    A conflicting index (the same name or keys with other options: codes 85 and 86) raises
+    ``DataStoreError`` saying why the one there does not serve, unless listing again finds
+    the store's indexes made meanwhile by someone else."""
+    indexes = yield Command("index_information")
+    missing = _missing(indexes)
+    if not missing:
+        return True
+    options: dict[str, Any] = {} if max_time_ms is None else {"maxTimeMS": max_time_ms}
+    try:
+        yield Command("create_indexes", (missing,), options)
+    except OperationFailure as exc:
+        if max_time_ms is not None and exc.code in _BUILD_CUT_OFF:
+            return False
+        if exc.code not in _INDEX_CONFLICTS:
+            raise
+        indexes = yield Command("index_information")
+        if _missing(indexes):
+            reasons = "; ".join(index_conflicts(indexes)) or "an index of the same name or keys"
+            raise DataStoreError(
+                f"the collection has an index that does not serve as the store's: {reasons} "
+                f"(the server said: {exc}). Drop it, or see agent-datastore doctor"
+            ) from exc
+    return True
+
+
+def prepare_indexes() -> Operation[bool]:
+    """A store's first use: whether its indexes are in place, creating the missing ones within
+    ``_core.FIRST_USE_INDEX_BUILD_MS``. One ``listIndexes`` when both are there; else one
+    bounded ``createIndexes`` too. ``False`` when the build was cut off at that bound (the
+    server then aborts it): the caller goes on without the indexes and tries again later."""
+    return (yield from _create_missing(_core.FIRST_USE_INDEX_BUILD_MS))
+
+
 def ensure_indexes() -> Operation[None]:
-    """Create the unique index and the TTL index; accept them already made under other
-    names (an operator's), refuse an index of the same name or keys that differs."""
-    for keys, options, matches in [
-        (
-            _core.INDEX_KEYS,
-            {"name": _core.INDEX_NAME, "unique": True, "collation": _SIMPLE},
-            _core.is_equivalent_index,
-        ),
-        (
-            _core.TTL_INDEX_KEYS,
-            {"name": _core.TTL_INDEX_NAME, "expireAfterSeconds": 0, "sparse": True},
-            _core.is_expiry_index,
-        ),
-    ]:
-        try:
-            yield Command("create_index", (keys,), options)
-        except OperationFailure as exc:
-            if exc.code not in _INDEX_CONFLICTS:
-                raise
-            indexes = yield Command("index_information")
-            if not any(matches(spec) for spec in indexes.values()):
-                raise
+    """Create the unique index and the TTL index where missing, waiting for the build as long
+    as the store's own time limit allows; accept them already made under other names (an
+    operator's), refuse an index of the same name or keys that does not serve."""
+    yield from _create_missing(None)
 
 
 def missing_indexes() -> Operation[list[str]]:
@@ -175,15 +242,7 @@ def missing_indexes() -> Operation[list[str]]:
     when both are in place). One ``listIndexes`` command, which reads no document: cheap
     enough for a readiness probe, and it fails as any command does when the server is away."""
     indexes = yield Command("index_information")
-    specs = list(indexes.values())
-    return [
-        name
-        for name, matches in [
-            (_core.INDEX_NAME, _core.is_equivalent_index),
-            (_core.TTL_INDEX_NAME, _core.is_expiry_index),
-        ]
-        if not any(matches(spec) for spec in specs)
-    ]
+    return [model.document["name"] for model in _missing(indexes)]
 
 
 # ---------------------------------------------------------------------------- operations

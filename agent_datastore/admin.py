@@ -38,6 +38,7 @@ from pymongo.errors import BulkWriteError
 from . import _codec, _core
 from . import _operations as ops
 from ._exceptions import translate_driver_errors
+from ._operations import index_conflicts
 from ._store import DataStore
 
 __all__ = [
@@ -395,8 +396,14 @@ def import_items(
 
 
 def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
-    """Check the store: round trip, server version, the unique and TTL indexes, and documents
-    that break the schema (with a few of them)."""
+    """Check the store: round trip, server version, the unique and TTL indexes (and why an
+    index with their keys does not serve, if one is there), and documents that break the
+    schema (with a few of them).
+
+    ``documents`` is ``estimated_document_count()``: read from the collection's metadata, so
+    it costs nothing however large the collection, but it may be off after an unclean
+    shutdown, and on a sharded cluster it counts orphaned documents too. The count of
+    documents that break the schema is exact: a query that reads every document."""
     collection = _collection(store)
     with translate_driver_errors():
         collection.database.command("ping")  # selects the server and opens a connection
@@ -405,7 +412,7 @@ def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
         latency_ms = (time.perf_counter() - started) * 1000
         version = collection.database.client.server_info().get("version", "unknown")
         indexes = collection.index_information()
-        documents = collection.count_documents({})
+        documents = collection.estimated_document_count()
         broken = collection.count_documents(_BROKEN_SCHEMA)
         examples = list(collection.find(_BROKEN_SCHEMA, {"value": 0, "metadata": 0}, limit=sample))
     unique = [name for name, spec in indexes.items() if _core.is_equivalent_index(spec)]
@@ -415,7 +422,9 @@ def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
         "server_version": version,
         "unique_index": unique[0] if unique else None,
         "ttl_index": expiry[0] if expiry else None,
+        "index_problems": index_conflicts(indexes),
         "documents": documents,
+        "documents_estimated": True,
         "invalid_documents": broken,
         "invalid_sample": [{k: str(v) for k, v in doc.items()} for doc in examples],
         "healthy": bool(unique) and bool(expiry) and broken == 0,

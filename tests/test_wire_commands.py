@@ -14,7 +14,7 @@ from bson.int64 import Int64
 
 from agent_datastore import AgentDataStoreProxy, VersionConflict
 from agent_datastore import _operations as ops
-from agent_datastore._core import KEY_PAGE_SIZE
+from agent_datastore._core import FIRST_USE_INDEX_BUILD_MS, KEY_PAGE_SIZE
 
 from .wire import WireServer, start_wire_server
 
@@ -161,11 +161,12 @@ def test_first_use_creates_the_indexes_once_with_their_exact_spec(wire: WireServ
         proxy.list_namespaces()
         commands = wire.take()
     names = [next(iter(c)) for c in commands]
-    assert names == ["createIndexes", "createIndexes", "find", "update", "aggregate"]
-    unique, expiry = commands[:2]
-    assert [dict(index) for index in unique["indexes"]] == [INDEX]
-    assert list(unique["indexes"][0]["key"].items()) == list(INDEX["key"].items())  # order
-    assert [dict(index) for index in expiry["indexes"]] == [TTL_INDEX]
+    # both indexes are missing: one bounded command creates them together
+    assert names == ["listIndexes", "createIndexes", "find", "update", "aggregate"]
+    creation = commands[1]
+    assert [dict(index) for index in creation["indexes"]] == [INDEX, TTL_INDEX]
+    assert list(creation["indexes"][0]["key"].items()) == list(INDEX["key"].items())  # order
+    assert creation["maxTimeMS"] == FIRST_USE_INDEX_BUILD_MS
 
 
 # ------------------------------------------------------------------------ each command shape
