@@ -9,6 +9,7 @@ of a URI) is in the base classes here.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -45,6 +46,8 @@ EMBEDDED_URI = "mongomock://"
 DEFAULT_DATABASE = "agent_datastore"
 DEFAULT_COLLECTION = "items"
 URI_ENVIRONMENT_VARIABLE = "AGENT_DATASTORE_URI"
+
+logger = logging.getLogger("agent_datastore")
 
 # A sandbox should hear within seconds that the database is away, not after pymongo's 30 s.
 # Options in the URI or passed to connect() replace these.
@@ -112,6 +115,16 @@ class StoreBase:
             self._index_retry_at = None
         else:
             self._index_retry_at = time.monotonic() + _core.INDEX_RETRY_INTERVAL
+            # calls now run without uniqueness and scan: an operator has to hear of it
+            logger.warning(
+                "%s: building the store's indexes took longer than %d ms and the server "
+                "aborted the build; calls go on without them (queries scan, uniqueness is not "
+                "enforced) and the store tries again in %d s. Run `agent-datastore "
+                "ensure-indexes` to build them (docs/operations.md, First use and index builds)",
+                self,
+                _core.FIRST_USE_INDEX_BUILD_MS,
+                _core.INDEX_RETRY_INTERVAL,
+            )
 
     def _index_retry_due(self) -> bool:
         """Whether a build cut off earlier is due to be tried again (``False`` when none was

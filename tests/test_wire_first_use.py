@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -123,17 +124,22 @@ def test_only_the_missing_index_is_created(wire: WireServer, first_calls: Any) -
     ids=["MaxTimeMSExpired", "IndexBuildAlreadyInProgress"],
 )
 def test_a_build_cut_off_at_its_bound_lets_the_calls_go_on(
-    wire: WireServer, first_calls: Any, cut_off: Fault
+    wire: WireServer, first_calls: Any, cut_off: Fault, caplog: pytest.LogCaptureFixture
 ) -> None:
     wire.fail_next("createIndexes", cut_off)
     # the calls succeed, and no call sends an index command again within the retry interval
-    assert names(first_calls(wire, calls=3)) == [
-        "listIndexes",
-        "createIndexes",
-        "find",
-        "find",
-        "find",
-    ]
+    with caplog.at_level(logging.WARNING, logger="agent_datastore"):
+        assert names(first_calls(wire, calls=3)) == [
+            "listIndexes",
+            "createIndexes",
+            "find",
+            "find",
+            "find",
+        ]
+    # once, for the operator: the calls now run without the indexes
+    warnings = [r.getMessage() for r in caplog.records if r.name == "agent_datastore"]
+    assert len(warnings) == 1
+    assert "ensure-indexes" in warnings[0] and "without them" in warnings[0]
 
 
 @TWINS
