@@ -139,7 +139,8 @@ def test_a_build_cut_off_at_its_bound_lets_the_calls_go_on(
     # once, for the operator: the calls now run without the indexes
     warnings = [r.getMessage() for r in caplog.records if r.name == "agent_datastore"]
     assert len(warnings) == 1
-    assert "ensure-indexes" in warnings[0] and "without them" in warnings[0]
+    assert "ensure-indexes" in warnings[0]
+    assert "without them" in warnings[0]
 
 
 @TWINS
