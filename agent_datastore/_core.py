@@ -40,11 +40,11 @@ from . import _codec
 from ._exceptions import DataStoreError
 
 __all__ = [
+    "COMMAND_HEADROOM",
     "INDEX_KEYS",
     "INDEX_NAME",
     "KEY_PAGE_SIZE",
     "LISTING_BATCH_SIZE",
-    "COMMAND_HEADROOM",
     "MAX_COMMAND_BYTES",
     "MAX_DOCUMENT_BYTES",
     "MAX_INT64",
