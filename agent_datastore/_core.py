@@ -109,6 +109,7 @@ MAX_STATEMENT_BYTES = MAX_COMMAND_BYTES - COMMAND_HEADROOM
 # more). The tests hold these bounds to statement_size.
 _PIPELINE_OVERHEAD = 1_280
 _METADATA_NAME_OVERHEAD = 100
+_SURELY_FITS = MAX_STATEMENT_BYTES - _PIPELINE_OVERHEAD
 # What a find command may spend on its key list, leaving room for the rest of the command.
 _MAX_KEY_LIST_BYTES = MAX_DOCUMENT_BYTES - 64 * 1024
 
@@ -681,12 +682,12 @@ class Scope:
         guard = None if if_version is None else _version_guard(if_version)
         pipeline = _pipeline_for(now, expires_at, paths, guard)
         # Below this document size, the statement surely fits: its exact size is measured
-        # only above it, so an ordinary item costs one comparison more.
+        # only above it, so an ordinary item costs one comparison more. Without metadata,
+        # every document within 16 MiB fits.
         surely_fits = (
-            MAX_STATEMENT_BYTES
-            - _PIPELINE_OVERHEAD
-            - _METADATA_NAME_OVERHEAD * len(paths)
-            - metadata_size
+            _SURELY_FITS - _METADATA_NAME_OVERHEAD * len(paths) - metadata_size
+            if paths
+            else MAX_DOCUMENT_BYTES
         )
 
         def write(key: str, value: Any, max_value_bytes: int) -> Write:

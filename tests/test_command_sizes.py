@@ -91,6 +91,8 @@ def test_the_limits_are_pymongos_and_the_servers_less_the_headroom() -> None:
     assert MAX_COMMAND_BYTES == MAX_DOCUMENT_BYTES + message._COMMAND_OVERHEAD
     assert MAX_COMMAND_BYTES < SERVER_PART_LIMIT
     assert MAX_STATEMENT_BYTES == MAX_COMMAND_BYTES - COMMAND_HEADROOM
+    # so that an item without metadata, within 16 MiB, needs no measure at all
+    assert _core._SURELY_FITS >= MAX_DOCUMENT_BYTES
 
 
 @pytest.mark.parametrize("ttl", [None, timedelta(days=36_500)])
