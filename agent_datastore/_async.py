@@ -16,6 +16,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+import pymongo
 from pymongo.collection import Collection
 from pymongo.errors import ServerSelectionTimeoutError
 
@@ -23,7 +24,7 @@ from . import _core, _embedded
 from . import _operations as ops
 from ._exceptions import translate
 from ._items import Item, ItemInfo
-from ._store import DEFAULT_COLLECTION, ProxyBase, StoreBase, open_client
+from ._store import DEFAULT_COLLECTION, ProxyBase, StoreBase, check_timeout, open_client
 
 __all__ = ["AsyncAgentDataStoreProxy", "AsyncDataStore", "connect_async", "run_async"]
 
@@ -32,7 +33,8 @@ T = TypeVar("T")
 
 async def run_async(operation: ops.Operation[T], collection: Any, *, off_loop: bool = False) -> T:
     """``_operations.run_sync`` for an ``AsyncCollection``-like object: each command awaited,
-    a ``find`` drained with ``to_list`` (or read by ``take_within_async``).
+    a ``find`` or an ``aggregate`` drained with ``to_list`` (or a ``find`` read by
+    ``take_within_async``).
 
     With ``off_loop``, the operation's own steps (validation, encoding, reading the replies)
     run in a worker thread, so that a large value is encoded and decoded without holding the
@@ -71,6 +73,9 @@ async def _call(target: Any, command: ops.Command) -> Any:
         return await take_within_async(cursor, command.max_bytes)
     if command.method == "find":
         return await method(*command.args, **command.kwargs).to_list(None)
+    if command.method == "aggregate":  # a coroutine that opens the cursor
+        cursor = await method(*command.args, **command.kwargs)
+        return await cursor.to_list(None)
     return await method(*command.args, **command.kwargs)
 
 
@@ -163,29 +168,45 @@ class AsyncDataStore(StoreBase):
         """The data store of one user's agent, in ``namespace``."""
         return AsyncAgentDataStoreProxy(self, user_id, agent_name, namespace)
 
-    async def ensure_indexes(self) -> None:
-        """Create the unique index and the TTL index if they are missing. Idempotent."""
+    async def ensure_indexes(self, *, timeout: float = _core.ENSURE_INDEXES_TIMEOUT) -> None:
+        """See ``DataStore.ensure_indexes``: create the missing indexes and wait for the build,
+        at most ``timeout`` seconds (default a day)."""
         self._check_open()
-        await run_async(ops.ensure_indexes(), self._raw_collection)
-        self._indexes_ready = True
+        with pymongo.timeout(check_timeout(timeout)):
+            await run_async(ops.ensure_indexes(), self._raw_collection)
+        self._settle_indexes(True)
 
     async def _raw_collection(self) -> Any:
         return self._target
 
+    async def _prepare_indexes(self) -> None:
+        self._settle_indexes(await run_async(ops.prepare_indexes(), self._raw_collection))
+
     async def _ready_collection(self) -> Any:
-        """The collection to send commands to, its indexes ensured. Tasks that arrive while
-        an attempt is under way await that one and share its outcome; the next call after a
-        failure tries again. One task's cancellation does not cancel the others' attempt."""
+        """The collection to send commands to, its indexes checked on first use, as
+        ``DataStore._ready_collection`` says. Tasks that arrive while the first attempt is
+        under way await that one and share its outcome; the next call after a failure tries
+        again. One task's cancellation does not cancel the others' attempt. After a build cut
+        off at its bound, one task tries again once ``INDEX_RETRY_INTERVAL`` has passed, and
+        the others go on without waiting for it."""
         self._check_open()
-        if not self._indexes_ready:
-            attempt = self._index_attempt
+        if self._indexes_ready:
+            return self._target
+        attempt = self._index_attempt
+        if self._index_retry_at is None:
             if attempt is None or attempt.done():
-                attempt = self._index_attempt = asyncio.ensure_future(self.ensure_indexes())
-                # its failure is raised to every waiter; this keeps asyncio from reporting it
-                # as never retrieved when all of them were cancelled
-                attempt.add_done_callback(_retrieve_failure)
+                attempt = self._start_index_attempt()
             await asyncio.shield(attempt)
+        elif self._index_retry_due() and (attempt is None or attempt.done()):
+            await asyncio.shield(self._start_index_attempt())
         return self._target
+
+    def _start_index_attempt(self) -> asyncio.Future[None]:
+        attempt = self._index_attempt = asyncio.ensure_future(self._prepare_indexes())
+        # its failure is raised to every waiter; this keeps asyncio from reporting it as never
+        # retrieved when all of them were cancelled
+        attempt.add_done_callback(_retrieve_failure)
+        return attempt
 
     async def _run(self, operation: ops.Operation[T], *, off_loop: bool = False) -> T:
         return await run_async(operation, self._ready_collection, off_loop=off_loop)

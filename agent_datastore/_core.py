@@ -34,19 +34,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import bson
+
 from . import _codec
 from ._exceptions import DataStoreError
 
 __all__ = [
+    "COMMAND_HEADROOM",
     "FAILOVER_WINDOW_MS",
     "INDEX_KEYS",
     "INDEX_NAME",
     "KEY_PAGE_SIZE",
     "LISTING_BATCH_SIZE",
+    "MAX_COMMAND_BYTES",
     "MAX_DOCUMENT_BYTES",
     "MAX_INT64",
     "MAX_KEY_BYTES",
     "MAX_NAME_BYTES",
+    "MAX_STATEMENT_BYTES",
     "MAX_TTL",
     "MIN_INT64",
     "SIMPLE_COLLATION",
@@ -71,6 +76,7 @@ __all__ = [
     "key_prefix_pattern",
     "live_query",
     "set_conflict",
+    "statement_size",
     "utc_now",
     "version_of",
 ]
@@ -81,6 +87,31 @@ MAX_NAME_BYTES = 512
 """Longest user id, agent name or namespace, in UTF-8 bytes."""
 MAX_DOCUMENT_BYTES = _codec.MAX_ENCODED_BYTES
 """MongoDB's limit on one BSON document, which holds one item."""
+MAX_COMMAND_BYTES = MAX_DOCUMENT_BYTES + 16_382
+"""The most one command may carry: pymongo refuses to send a command whose body and
+statements together pass 16 MiB + 16,382 bytes (``message._COMMAND_OVERHEAD``), and the server
+refuses any part of a command (the body, or one statement of a document sequence) over
+16 MiB + 16 KiB (``BSONObjMaxInternalSize``). The first is the smaller."""
+COMMAND_HEADROOM = 2_048
+"""What the limit on one update statement leaves for the rest of its command. An ``update``
+command carries, besides its statement, its name and the collection's, ``ordered``, ``$db``
+and what pymongo adds (``lsid``, ``txnNumber``, ``$clusterTime``, ``writeConcern``,
+``maxTimeMS``, the Stable API fields, the document-sequence header): about 700 bytes at most
+with a 255-byte namespace. A ``findAndModify`` body holds the statement's filter and pipeline
+under longer names, with ``new`` and a projection (``fields``), and the same additions: about
+750 bytes. The rest is room for what is not foreseen, such as a long write-concern tag."""
+MAX_STATEMENT_BYTES = MAX_COMMAND_BYTES - COMMAND_HEADROOM
+"""The largest update statement ``{q, u, multi, upsert, collation}`` a write may send, as
+``statement_size`` measures it: the same for ``set`` (``update``), ``set`` with ``if_version``
+(``findAndModify``) and every item of ``set_many`` (one statement of a bulk ``update``)."""
+# How much larger a write's statement can be than the item's document, at most: the pipeline's
+# own expressions (1,119 bytes measured, with a guard and an int64 if_version), and per
+# metadata name, its path written again and the expressions around its value (98 bytes
+# measured with a guard) besides the name's bytes (counted by adding the metadata's size once
+# more). The tests hold these bounds to statement_size.
+_PIPELINE_OVERHEAD = 1_280
+_METADATA_NAME_OVERHEAD = 100
+_SURELY_FITS = MAX_STATEMENT_BYTES - _PIPELINE_OVERHEAD
 # What a find command may spend on its key list, leaving room for the rest of the command.
 _MAX_KEY_LIST_BYTES = MAX_DOCUMENT_BYTES - 64 * 1024
 
@@ -97,6 +128,24 @@ would sort keys in another order than code points."""
 # expiresAt are left out of it (sparse), so it costs nothing for items that never expire.
 TTL_INDEX_KEYS: list[tuple[str, int]] = [("expiresAt", 1)]
 TTL_INDEX_NAME = "expiresAt_1"
+
+FIRST_USE_INDEX_BUILD_MS = 5_000
+"""The ``maxTimeMS`` of the ``createIndexes`` a store's first call sends when an index is
+missing: the longest an index build can hold up that call. An empty or small collection is
+indexed well within it. On a larger one the server stops the build at this bound and aborts
+it (``create_indexes_cmd.cpp``: an interrupted build is aborted unless the node stepped down),
+so the call goes on without the indexes and the store tries again after
+``INDEX_RETRY_INTERVAL``; ``agent-datastore ensure-indexes`` builds them without this bound."""
+INDEX_RETRY_INTERVAL = 900.0
+"""Seconds after a first-use build was cut off at ``FIRST_USE_INDEX_BUILD_MS`` before the
+store tries again (a ``listIndexes``, and the bounded build if still needed). Each try that
+is cut off costs every voting member up to that bound of build work, thrown away: at this
+interval, under 1% of one core per store, while an operator's ``ensure-indexes`` is noticed
+within a quarter of an hour."""
+ENSURE_INDEXES_TIMEOUT = 86_400.0
+"""Seconds ``ensure_indexes()`` waits for an index build by default: a day, for any
+collection this store is meant for. It is sent as the build's ``maxTimeMS`` (and the socket
+timeout of that one command), so a build still running then is aborted by the server."""
 
 # Fields of an item document beyond its scope strings and payloads: the document's own length
 # and terminator; _id (ObjectId); the type byte and name of userId, agentName, namespace, key,
@@ -613,6 +662,12 @@ class Scope:
     ) -> Any:
         """``value`` as stored; ``ValueError`` if it is over the store's limit or the item
         (with an expiresAt date if it ``expires``) would not fit in one document."""
+        return self._encode_item(key, value, metadata_size, max_value_bytes, expires)[0]
+
+    def _encode_item(
+        self, key: str, value: Any, metadata_size: int, max_value_bytes: int, expires: bool
+    ) -> tuple[Any, int]:
+        """``encode_value``, and the size of the item's document."""
         try:
             stored, value_size = _codec.encode(value, 2)
         except TypeError as exc:
@@ -635,7 +690,7 @@ class Scope:
                 f"value for key {key!r} is {value_size} bytes, over this store's limit of "
                 f"{max_value_bytes} bytes per value"
             )
-        return stored
+        return stored, size
 
     def set_write(
         self,
@@ -670,14 +725,25 @@ class Scope:
         they share is built once (``set_many`` writes thousands of items this way)."""
         paths, metadata_size = metadata
         expires_at: Any = "$$REMOVE" if ttl is None else now + ttl
+        expires = ttl is not None
+        upsert = not if_version
         guard = None if if_version is None else _version_guard(if_version)
         pipeline = _pipeline_for(now, expires_at, paths, guard)
+        # Below this document size, the statement surely fits: its exact size is measured
+        # only above it, so an ordinary item costs one comparison more. Without metadata,
+        # every document within 16 MiB fits.
+        surely_fits = (
+            _SURELY_FITS - _METADATA_NAME_OVERHEAD * len(paths) - metadata_size
+            if paths
+            else MAX_DOCUMENT_BYTES
+        )
 
         def write(key: str, value: Any, max_value_bytes: int) -> Write:
-            stored = self.encode_value(
-                key, value, metadata_size, max_value_bytes, expires=ttl is not None
-            )
-            return Write(self.item_filter(key), pipeline({"$literal": stored}), not if_version)
+            stored, size = self._encode_item(key, value, metadata_size, max_value_bytes, expires)
+            checked = Write(self.item_filter(key), pipeline({"$literal": stored}), upsert)
+            if size > surely_fits:
+                _check_statement_size(key, checked)
+            return checked
 
         return write
 
@@ -687,7 +753,10 @@ class Scope:
         """The command of ``increment(key, amount, ttl=...)``: a live integer within reach of
         64 bits goes up by ``amount``; an absent or expired item starts at ``amount``, expiring
         after ``ttl`` if given; anything else is left unchanged (``increment_result`` raises
-        for it). A live counter keeps its expiry."""
+        for it). A live counter keeps its expiry.
+
+        Its command needs no size check: it holds no value and no metadata, only names and a
+        key within their limits, so it is a few kilobytes at most (the tests measure it)."""
         live = "$" + _LIVE
         low, high = _increment_bounds(amount)
         addable = {
@@ -701,6 +770,29 @@ class Scope:
         value = {"$cond": [live, {"$add": ["$value", amount]}, amount]}
         expires_at = {"$cond": [live, "$expiresAt", "$$REMOVE" if ttl is None else now + ttl]}
         return Write(self.item_filter(key), _write_pipeline(now, value, expires_at, {}, guard))
+
+
+def statement_size(write: Write) -> int:
+    """The BSON size of ``write`` as the update statement pymongo sends for it:
+    ``{q, u, multi, upsert, collation}``, in ``update_one`` and in a bulk write alike."""
+    statement = {
+        "q": write.filter,
+        "u": write.pipeline,
+        "multi": False,
+        "upsert": write.upsert,
+        "collation": SIMPLE_COLLATION,
+    }
+    return len(bson.encode(statement))
+
+
+def _check_statement_size(key: str, write: Write) -> None:
+    size = statement_size(write)
+    if size > MAX_STATEMENT_BYTES:
+        raise ValueError(
+            f"item {key!r} would need a {size}-byte update statement, over the limit of "
+            f"{MAX_STATEMENT_BYTES} bytes for one write command (besides the item, it carries "
+            "the update's expressions, each metadata name again and any if_version condition)"
+        )
 
 
 class Scoped:
@@ -723,21 +815,79 @@ class Scoped:
         return self._scope.namespace
 
 
+def key_pattern(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """An index's keys as ``(field, direction)``; directions numeric where they are numbers
+    (listIndexes may give 1 as 1.0), left as they are otherwise ("hashed", "text")."""
+    return [
+        (name, int(direction) if isinstance(direction, (int, float)) else direction)
+        for name, direction in spec.get("key", [])
+    ]
+
+
+def _keys_text(keys: list[tuple[str, int]]) -> str:
+    return "(" + ", ".join(name for name, _ in keys) + ")"
+
+
+def why_not_equivalent_index(spec: Mapping[str, Any]) -> str | None:
+    """Why an index from ``index_information()`` is not the store's unique index (whatever its
+    name), or ``None`` when it is.
+
+    The store needs an index that every query can use and that keeps one document per key
+    across the whole collection. So besides its keys, uniqueness and binary collation, an
+    index is refused when it is hidden (the planner ignores it: every call would scan the
+    collection, although the server still enforces its uniqueness), partial (unique only among
+    the documents that match its filter, and used only by queries that imply that filter) or
+    sparse (unique only among the documents that hold one of its fields, and refused by the
+    planner for queries that could need the others)."""
+    if key_pattern(spec) != INDEX_KEYS:
+        return f"is not on {_keys_text(INDEX_KEYS)} ascending"
+    if not spec.get("unique"):
+        return "is not unique"
+    collation = spec.get("collation") or SIMPLE_COLLATION
+    if collation.get("locale") != "simple":
+        return f"compares strings by the {collation.get('locale')!r} collation, not binary"
+    if spec.get("hidden"):
+        return "is hidden: queries cannot use it"
+    if "partialFilterExpression" in spec:
+        return "is partial: it is unique only among the documents its filter selects"
+    if spec.get("sparse"):
+        return "is sparse: it leaves documents out, and queries may not use it"
+    return None
+
+
 def is_equivalent_index(spec: Mapping[str, Any]) -> bool:
     """Whether an index from ``index_information()`` is the store's unique index, whatever
-    its name."""
-    collation = spec.get("collation") or SIMPLE_COLLATION
-    return (
-        [(name, int(direction)) for name, direction in spec.get("key", [])] == INDEX_KEYS
-        and bool(spec.get("unique"))
-        and collation.get("locale") == "simple"
-    )
+    its name (``why_not_equivalent_index`` says why not)."""
+    return why_not_equivalent_index(spec) is None
+
+
+def why_not_expiry_index(spec: Mapping[str, Any]) -> str | None:
+    """Why an index from ``index_information()`` does not delete every item at its expiresAt,
+    or ``None`` when it does.
+
+    What matters to the TTL monitor: a single-field index on expiresAt with
+    ``expireAfterSeconds`` 0 (another number deletes items later than their expiry says), and
+    no ``partialFilterExpression`` (the monitor deletes only the documents the filter
+    selects). A hidden TTL index still deletes (MongoDB's manual, "Hidden Indexes"), and
+    whether it is sparse does not matter: documents without a date never expire."""
+    if key_pattern(spec) != TTL_INDEX_KEYS:
+        return f"is not on {_keys_text(TTL_INDEX_KEYS)} ascending"
+    if "expireAfterSeconds" not in spec:
+        return "is not a TTL index (no expireAfterSeconds)"
+    if spec.get("expireAfterSeconds") != 0:
+        return (
+            f"has expireAfterSeconds {spec.get('expireAfterSeconds')}, not 0: items would "
+            "be deleted later than they expire"
+        )
+    if "partialFilterExpression" in spec:
+        return "is partial: it deletes only the documents its filter selects"
+    return None
 
 
 def is_expiry_index(spec: Mapping[str, Any]) -> bool:
-    """Whether an index from ``index_information()`` deletes items at their expiresAt."""
-    keys = [(name, int(direction)) for name, direction in spec.get("key", [])]
-    return keys == TTL_INDEX_KEYS and spec.get("expireAfterSeconds") == 0
+    """Whether an index from ``index_information()`` deletes items at their expiresAt
+    (``why_not_expiry_index`` says why not)."""
+    return why_not_expiry_index(spec) is None
 
 
 def check_items(items: object) -> Mapping[Any, Any]:

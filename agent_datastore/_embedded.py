@@ -197,9 +197,18 @@ class LockedCollection:
         with self._lock:
             return str(self._collection.create_index(keys, **kwargs))
 
+    def create_indexes(self, indexes: list[Any], **_: Any) -> list[str]:
+        # maxTimeMS: the fake builds an index at once
+        with self._lock:
+            return list(self._collection.create_indexes(indexes))
+
     def index_information(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._collection.index_information())
+
+    def estimated_document_count(self, **_: Any) -> int:
+        with self._lock:
+            return int(self._collection.estimated_document_count())
 
 
 class _DocumentList:
@@ -266,8 +275,15 @@ class AsyncLockedCollection:
     async def distinct(self, *args: Any, **kwargs: Any) -> list[Any]:
         return self._collection.distinct(*args, **kwargs)
 
+    async def aggregate(self, *args: Any, **kwargs: Any) -> _DocumentList:
+        """As ``AsyncCollection.aggregate``: a coroutine whose result is the cursor."""
+        return _DocumentList(iter(self._collection.aggregate(*args, **kwargs)))
+
     async def create_index(self, *args: Any, **kwargs: Any) -> str:
         return self._collection.create_index(*args, **kwargs)
+
+    async def create_indexes(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self._collection.create_indexes(*args, **kwargs)
 
     async def index_information(self) -> dict[str, Any]:
         return self._collection.index_information()

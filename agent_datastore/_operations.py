@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 from bson.errors import InvalidBSON, InvalidDocument
-from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
+from pymongo import AsyncMongoClient, IndexModel, MongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     DuplicateKeyError,
@@ -32,7 +32,7 @@ from pymongo.errors import (
 )
 
 from . import _core
-from ._exceptions import VersionConflict, translate
+from ._exceptions import DataStoreError, VersionConflict, translate
 from ._items import (
     ITEM_INFO_PROJECTION,
     ITEM_PROJECTION,
@@ -74,8 +74,9 @@ _INDEX_CONFLICTS = frozenset({85, 86})
 
 class Command(NamedTuple):
     """One call of a collection method. ``keys`` names the items it writes, so an error can
-    say which one it was about. A ``find`` is answered with the list of its documents; with
-    ``max_bytes``, with ``(documents, complete)`` as ``take_within`` reads them."""
+    say which one it was about. A ``find`` or an ``aggregate`` is answered with the list of
+    its documents, read batch by batch from its cursor; with ``max_bytes``, with
+    ``(documents, complete)`` as ``take_within`` reads them."""
 
     method: str
     args: tuple[Any, ...] = ()
@@ -108,6 +109,9 @@ def take_within(cursor: Iterable[Mapping[str, Any]], max_bytes: int) -> tuple[li
 
 
 Operation = Generator[Command, Any, T]
+
+# The methods whose reply is a cursor, which the runners read to its end (or to max_bytes).
+_CURSOR_METHODS = frozenset({"find", "aggregate"})
 
 
 class Settings(NamedTuple):
@@ -150,7 +154,7 @@ def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
 
 def _call(target: Any, command: Command) -> Any:
     reply = getattr(target, command.method)(*command.args, **command.kwargs)
-    if command.method == "find":
+    if command.method in _CURSOR_METHODS:
         return take_within(reply, command.max_bytes) if command.max_bytes else _drain(reply)
     return reply
 
@@ -215,29 +219,96 @@ def _drain(cursor: Any) -> list[Any]:
 # -------------------------------------------------------------------------------- indexes
 
 
+# The store's two indexes: keys, the options they are created with, and what says whether an
+# index already there (under any name) serves as it.
+_STORE_INDEXES: tuple[
+    tuple[list[tuple[str, int]], dict[str, Any], Callable[..., str | None]], ...
+] = (
+    (
+        _core.INDEX_KEYS,
+        {"name": _core.INDEX_NAME, "unique": True, "collation": _SIMPLE},
+        _core.why_not_equivalent_index,
+    ),
+    (
+        _core.TTL_INDEX_KEYS,
+        {"name": _core.TTL_INDEX_NAME, "expireAfterSeconds": 0, "sparse": True},
+        _core.why_not_expiry_index,
+    ),
+)
+# The server stopped a bounded build at its maxTimeMS (50, MaxTimeMSExpired), or, in a
+# transaction only, found the same build under way (276, IndexBuildAlreadyInProgress; outside
+# one, the server waits for that build itself, within the same bound).
+_BUILD_CUT_OFF = frozenset({50, 276})
+
+
+def _missing(indexes: Mapping[str, Mapping[str, Any]]) -> list[IndexModel]:
+    """The store's indexes that no index of ``indexes`` (``index_information()``) serves."""
+    specs = list(indexes.values())
+    return [
+        IndexModel(keys, **options)
+        for keys, options, why_not in _STORE_INDEXES
+        if not any(why_not(spec) is None for spec in specs)
+    ]
+
+
+def index_conflicts(indexes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Why the indexes of ``indexes`` that have the keys of one of the store's indexes, or its
+    name, do not serve as it: one sentence each, naming the index. Empty when each of the
+    store's indexes is served (or simply absent)."""
+    reasons: list[str] = []
+    for keys, options, why_not in _STORE_INDEXES:
+        if any(why_not(spec) is None for spec in indexes.values()):
+            continue
+        kind = "unique index" if options.get("unique") else "TTL index"
+        for name, spec in indexes.items():
+            if _core.key_pattern(spec) == keys or name == options["name"]:
+                reasons.append(f"{kind} {name!r} {why_not(spec)}")
+    return reasons
+
+
+def _create_missing(max_time_ms: int | None) -> Operation[bool]:
+    """One ``listIndexes``; then, for the store's indexes that are not there under any name,
+    one ``createIndexes`` (bounded by ``max_time_ms``, if given). Whether both indexes are in
+    place at the end: ``False`` only when the server cut the build off at its bound.
+
+    A conflicting index (the same name or keys with other options: codes 85 and 86) raises
+    ``DataStoreError`` saying why the one there does not serve, unless listing again finds
+    the store's indexes made meanwhile by someone else."""
+    indexes = yield Command("index_information")
+    missing = _missing(indexes)
+    if not missing:
+        return True
+    options: dict[str, Any] = {} if max_time_ms is None else {"maxTimeMS": max_time_ms}
+    try:
+        yield Command("create_indexes", (missing,), options)
+    except OperationFailure as exc:
+        if max_time_ms is not None and exc.code in _BUILD_CUT_OFF:
+            return False
+        if exc.code not in _INDEX_CONFLICTS:
+            raise
+        indexes = yield Command("index_information")
+        if _missing(indexes):
+            reasons = "; ".join(index_conflicts(indexes)) or "an index of the same name or keys"
+            raise DataStoreError(
+                f"the collection has an index that does not serve as the store's: {reasons} "
+                f"(the server said: {exc}). Drop it, or see agent-datastore doctor"
+            ) from exc
+    return True
+
+
+def prepare_indexes() -> Operation[bool]:
+    """A store's first use: whether its indexes are in place, creating the missing ones within
+    ``_core.FIRST_USE_INDEX_BUILD_MS``. One ``listIndexes`` when both are there; else one
+    bounded ``createIndexes`` too. ``False`` when the build was cut off at that bound (the
+    server then aborts it): the caller goes on without the indexes and tries again later."""
+    return (yield from _create_missing(_core.FIRST_USE_INDEX_BUILD_MS))
+
+
 def ensure_indexes() -> Operation[None]:
-    """Create the unique index and the TTL index; accept them already made under other
-    names (an operator's), refuse an index of the same name or keys that differs."""
-    for keys, options, matches in [
-        (
-            _core.INDEX_KEYS,
-            {"name": _core.INDEX_NAME, "unique": True, "collation": _SIMPLE},
-            _core.is_equivalent_index,
-        ),
-        (
-            _core.TTL_INDEX_KEYS,
-            {"name": _core.TTL_INDEX_NAME, "expireAfterSeconds": 0, "sparse": True},
-            _core.is_expiry_index,
-        ),
-    ]:
-        try:
-            yield Command("create_index", (keys,), options)
-        except OperationFailure as exc:
-            if exc.code not in _INDEX_CONFLICTS:
-                raise
-            indexes = yield Command("index_information")
-            if not any(matches(spec) for spec in indexes.values()):
-                raise
+    """Create the unique index and the TTL index where missing, waiting for the build as long
+    as the store's own time limit allows; accept them already made under other names (an
+    operator's), refuse an index of the same name or keys that does not serve."""
+    yield from _create_missing(None)
 
 
 def missing_indexes() -> Operation[list[str]]:
@@ -245,15 +316,7 @@ def missing_indexes() -> Operation[list[str]]:
     when both are in place). One ``listIndexes`` command, which reads no document: cheap
     enough for a readiness probe, and it fails as any command does when the server is away."""
     indexes = yield Command("index_information")
-    specs = list(indexes.values())
-    return [
-        name
-        for name, matches in [
-            (_core.INDEX_NAME, _core.is_equivalent_index),
-            (_core.TTL_INDEX_NAME, _core.is_expiry_index),
-        ]
-        if not any(matches(spec) for spec in specs)
-    ]
+    return [model.document["name"] for model in _missing(indexes)]
 
 
 # ---------------------------------------------------------------------------- operations
@@ -430,11 +493,121 @@ def list_items(
     return [item_info_from_document(document) for document in documents]
 
 
+# ------------------------------------------------------------------------------ listings
+#
+# Listings of distinct values (the users of a store, the agents of a user, the namespaces of
+# an agent) read through an aggregation cursor, batch by batch: a ``distinct`` answers in one
+# reply, which fails past 16 MiB (error 17217).
+
+_INDEX_FIELDS = tuple(name for name, _ in _core.INDEX_KEYS)
+_LISTING_OPTIONS: Mapping[str, Any] = MappingProxyType(
+    {"collation": _SIMPLE, "batchSize": _core.LISTING_BATCH_SIZE}
+)
+_NAMESPACE_ONLY = {"namespace": 1, "_id": 0}
+_FIRST_IN_INDEX_ORDER: Mapping[str, Any] = MappingProxyType(
+    {"sort": _core.INDEX_KEYS, "limit": 1, "collation": _SIMPLE}
+)
+# Namespaces are at most 512 bytes: a thousand of them keep a query far below 16 MiB.
+_UNCERTAIN_PER_QUERY = 1_000
+
+
+def first_of_each_pipeline(
+    scope_filter: Mapping[str, str], first: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """The aggregation that yields one ``{"_id": value}`` per distinct value of the index field
+    that follows ``scope_filter`` (equalities on a prefix of the index: ``{}``, ``{userId}``
+    or ``{userId, agentName}``), with the fields named in ``first`` taken from the first
+    document of that value in index order.
+
+    ``$match`` on the prefix, ``$sort`` in index order, ``$group`` on the next field with only
+    ``$first``: the shape the server's planner runs as a DISTINCT_SCAN of the unique index
+    (SERVER-9507), which seeks from one value to the next, so the work follows the number of
+    values, not of documents. The server's order of the groups is not relied on."""
+    depth = len(scope_filter)
+    if list(scope_filter) != list(_INDEX_FIELDS[:depth]) or depth > len(_INDEX_FIELDS) - 2:
+        raise ValueError(f"not a prefix of the index before its last field: {list(scope_filter)}")
+    field = _INDEX_FIELDS[depth]
+    # $first needs a defined first document: the whole index order, down to the key
+    order = _INDEX_FIELDS if first else _INDEX_FIELDS[: depth + 1]
+    group: dict[str, Any] = {"_id": "$" + field}
+    group.update((name, {"$first": "$" + name}) for name in first)
+    match = [{"$match": dict(scope_filter)}] if scope_filter else []
+    return [*match, {"$sort": dict.fromkeys(order, 1)}, {"$group": group}]
+
+
+def distinct_values(scope_filter: Mapping[str, str]) -> Operation[list[str]]:
+    """The values of the index field that follows ``scope_filter`` (see
+    ``first_of_each_pipeline``) held by at least one document, live or expired, sorted: the
+    users of a store for ``{}``, the agents of a user for ``{"userId": ...}``."""
+    groups = yield Command("aggregate", (first_of_each_pipeline(scope_filter),), _LISTING_OPTIONS)
+    return sorted(group["_id"] for group in groups if isinstance(group.get("_id"), str))
+
+
+# The $sort and $group of list_namespaces, the same for every agent: built once, as they are
+# on every call's path.
+_ANY_AGENT = {"userId": "", "agentName": ""}
+_NAMESPACES_AFTER_MATCH = first_of_each_pipeline(_ANY_AGENT, ("expiresAt",))[1:]
+
+
 def list_namespaces(scope: _core.Scope, settings: Settings) -> Operation[list[str]]:
-    names = yield Command(
-        "distinct", ("namespace", scope.agent_filter(settings.now)), {"collation": _SIMPLE}
-    )
-    return sorted(name for name in names if isinstance(name, str))
+    """The namespaces of the agent that hold a live item, sorted.
+
+    One aggregation finds each namespace and the expiry of its first item by key, reading one
+    document per namespace (``first_of_each_pipeline``). A namespace whose first item is live
+    is listed. Only when a first item has expired but the TTL monitor has not deleted it yet
+    is the namespace uncertain; those are settled by ``_settle_uncertain``, with the same
+    live condition as every read. docs/schema.md, "Listings", has the reasoning."""
+    now = settings.now
+    agent = {"userId": scope.user_id, "agentName": scope.agent_name}
+    pipeline = [{"$match": agent}, *_NAMESPACES_AFTER_MATCH]
+    groups = yield Command("aggregate", (pipeline,), _LISTING_OPTIONS)
+    live: list[str] = []
+    uncertain: list[str] = []
+    for group in groups:
+        name = group.get("_id")
+        if isinstance(name, str):
+            (live if _surely_live(group.get("expiresAt"), now) else uncertain).append(name)
+    if uncertain:
+        live += yield from _settle_uncertain(agent, sorted(uncertain), now)
+    return sorted(live)
+
+
+def _surely_live(expires_at: object, now: datetime) -> bool:
+    """Whether an item whose ``expiresAt`` holds this is live by ``_core.live_query``: no date
+    (missing, null, anything else) never expires, a date after ``now`` has not yet. An array,
+    which the store never writes, is expired by the query once any date in it has passed: it
+    is left to the server to decide, as is a date that has passed."""
+    if isinstance(expires_at, datetime):
+        return _core.as_utc(expires_at) > now
+    return not isinstance(expires_at, list)
+
+
+def _settle_uncertain(
+    agent: Mapping[str, str], uncertain: list[str], now: datetime
+) -> Operation[list[str]]:
+    """Which of the ``uncertain`` namespaces (sorted, at most ``_UNCERTAIN_PER_QUERY`` asked at
+    a time) hold a live item.
+
+    Each ``find`` walks the index over the uncertain namespaces in order and stops at the
+    first live item: the namespaces before it hold none, its own is live, and the next
+    ``find`` asks about those after it. Each expired item the TTL monitor has left is read at
+    most once, so the work follows that backlog, not the agent's items."""
+    found: list[str] = []
+    for start in range(0, len(uncertain), _UNCERTAIN_PER_QUERY):
+        remaining = uncertain[start : start + _UNCERTAIN_PER_QUERY]
+        while remaining:
+            query = {**agent, "namespace": {"$in": remaining}, **_core.live_query(now)}
+            documents = yield Command("find", (query, _NAMESPACE_ONLY), _FIRST_IN_INDEX_ORDER)
+            if not documents:
+                break
+            name = documents[0].get("namespace")
+            if not isinstance(name, str):  # pragma: no cover - an array written by hand
+                break  # matched $in through one of its elements: which one is not known
+            found.append(name)
+            # simple collation: the index orders strings by UTF-8 bytes, which is Python's
+            # order of code points
+            remaining = [other for other in remaining if other > name]
+    return found
 
 
 def clear(scope: _core.Scope, settings: Settings) -> Operation[int]:

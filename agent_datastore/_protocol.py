@@ -306,15 +306,17 @@ def set_request(
     if_version: object,
 ) -> Request:
     checked_key = _core.check_key(key)
-    plain_metadata, (_, metadata_size) = _plain_metadata(metadata)
+    plain_metadata, checked_metadata = _plain_metadata(metadata)
     checked_ttl = _core.check_ttl(ttl)
     expected = _core.check_if_version(if_version)
-    scope.encode_value(
+    # the write the service will send, built only for its size checks: item and command
+    scope.set_write(
         checked_key,
         value,
-        metadata_size,
-        _core.MAX_DOCUMENT_BYTES,
-        expires=checked_ttl is not None,
+        checked_metadata,
+        _core.utc_now(),
+        ttl=checked_ttl,
+        if_version=expected,
     )
     body = {"namespace": scope.namespace, "key": checked_key, "value": value}
     if plain_metadata is not None:
@@ -447,14 +449,15 @@ def set_many_calls(
     Each batch is written before the next is sent, so when one fails the batches before it
     stay written (the local proxy's sub-batches behave the same)."""
     checked_items = _core.check_items(items)
-    plain_metadata, (_, metadata_size) = _plain_metadata(metadata)
+    plain_metadata, checked_metadata = _plain_metadata(metadata)
     checked_ttl = _core.check_ttl(ttl)
+    # each item's write as the service will send it, built only for its size checks (item and
+    # command), so that no batch is sent when a later item would be refused
+    writer = scope.set_writer(checked_metadata, _core.utc_now(), ttl=checked_ttl)
     pieces: list[bytes] = []
     for raw_key, value in checked_items.items():
         key = _core.check_key(raw_key)
-        scope.encode_value(
-            key, value, metadata_size, _core.MAX_DOCUMENT_BYTES, expires=checked_ttl is not None
-        )
+        writer(key, value, _core.MAX_DOCUMENT_BYTES)
         pieces.append(dumps(key) + b":" + dumps(value))
     if not pieces:
         return 0

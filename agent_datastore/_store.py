@@ -9,14 +9,17 @@ of a URI) is in the base classes here.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
+import pymongo
 from bson.codec_options import CodecOptions
 from pymongo import MongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -43,6 +46,8 @@ EMBEDDED_URI = "mongomock://"
 DEFAULT_DATABASE = "agent_datastore"
 DEFAULT_COLLECTION = "items"
 URI_ENVIRONMENT_VARIABLE = "AGENT_DATASTORE_URI"
+
+logger = logging.getLogger("agent_datastore")
 
 # A sandbox should hear within seconds that the database is away, not after pymongo's 30 s.
 # Options in the URI or passed to connect() replace these.
@@ -74,9 +79,12 @@ class StoreBase:
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a function, not {type(clock).__name__}")
         self._max_value_bytes = _core.check_max_value_bytes(max_value_bytes)
+        check_acknowledged(getattr(collection, "write_concern", None))
         self._clock = clock
         self._collection = collection
         self._indexes_ready = not ensure_indexes
+        # when a first-use build was cut off: the time.monotonic() at which to try again
+        self._index_retry_at: float | None = None
         self._owned_client: Any = None
         self._closed = False
 
@@ -98,6 +106,31 @@ class StoreBase:
 
     def _settings(self) -> ops.Settings:
         return ops.Settings(self.now(), self._max_value_bytes)
+
+    def _settle_indexes(self, in_place: bool) -> None:
+        """Record what a first-use attempt found: the indexes in place, or a build cut off at
+        its bound, to be tried again after ``INDEX_RETRY_INTERVAL``."""
+        if in_place:
+            self._indexes_ready = True
+            self._index_retry_at = None
+        else:
+            self._index_retry_at = time.monotonic() + _core.INDEX_RETRY_INTERVAL
+            # calls now run without uniqueness and scan: an operator has to hear of it
+            logger.warning(
+                "%s: building the store's indexes took longer than %d ms and the server "
+                "aborted the build; calls go on without them (queries scan, uniqueness is not "
+                "enforced) and the store tries again in %d s. Run `agent-datastore "
+                "ensure-indexes` to build them (docs/operations.md, First use and index builds)",
+                self,
+                _core.FIRST_USE_INDEX_BUILD_MS,
+                _core.INDEX_RETRY_INTERVAL,
+            )
+
+    def _index_retry_due(self) -> bool:
+        """Whether a build cut off earlier is due to be tried again (``False`` when none was
+        cut off)."""
+        retry_at = self._index_retry_at
+        return retry_at is not None and time.monotonic() >= retry_at
 
     def _check_open(self) -> None:
         if self._closed:
@@ -155,42 +188,68 @@ class DataStore(StoreBase):
         """The data store of one user's agent, in ``namespace``."""
         return AgentDataStoreProxy(self, user_id, agent_name, namespace)
 
-    def ensure_indexes(self) -> None:
+    def ensure_indexes(self, *, timeout: float = _core.ENSURE_INDEXES_TIMEOUT) -> None:
         """Create the unique index on (userId, agentName, namespace, key) and the TTL index on
-        expiresAt if they are missing.
+        expiresAt if they are missing, and wait for the build: at most ``timeout`` seconds
+        (default a day), after which the server aborts it and this raises
+        ``DataStoreUnavailable``.
 
-        Idempotent. Proxies call it once, on first use; call it yourself to fail early.
+        Idempotent: when both are there, one ``listIndexes`` and nothing else. Proxies do the
+        same on first use but wait only ``FIRST_USE_INDEX_BUILD_MS``; call this to fail early,
+        or run ``agent-datastore ensure-indexes``, before deploying on a large collection.
         """
         self._check_open()
-        ops.run_sync(ops.ensure_indexes(), lambda: self._target)
-        self._indexes_ready = True
+        # pymongo's timeout() lends this one operation its own socket timeout and maxTimeMS:
+        # an index build may take far longer than any other command
+        with pymongo.timeout(check_timeout(timeout)):
+            ops.run_sync(ops.ensure_indexes(), lambda: self._target)
+        self._settle_indexes(True)
+
+    def _prepare_indexes(self) -> None:
+        self._settle_indexes(ops.run_sync(ops.prepare_indexes(), lambda: self._target))
 
     def _ready_collection(self) -> Any:
-        """The collection to send commands to, its indexes ensured.
+        """The collection to send commands to, its indexes checked on first use.
 
-        Threads that arrive while an attempt is under way wait for it and share its outcome:
-        when the server is away, they all fail together after one timeout, not one timeout
-        after another. The next call after a failure tries again.
+        The first call sends ``listIndexes``, and ``createIndexes`` bounded by
+        ``FIRST_USE_INDEX_BUILD_MS`` if an index is missing. Threads that arrive while that
+        attempt is under way wait for it and share its outcome: when the server is away, they
+        all fail together after one timeout, not one timeout after another. The next call
+        after a failure tries again. When the build was cut off at its bound, calls go on
+        without the indexes; after ``INDEX_RETRY_INTERVAL`` one call tries again while the
+        others go on without waiting for it.
         """
         if self._indexes_ready and not self._closed:
             return self._target  # every call but the first: the short way
         self._check_open()
-        if not self._indexes_ready:
-            finished_before = self._index_attempts
-            with self._index_lock:
-                if not self._indexes_ready:
-                    failure = self._index_failure
-                    if failure is not None and self._index_attempts != finished_before:
-                        raise failure  # the attempt this thread waited for failed
-                    try:
-                        self.ensure_indexes()
-                    except BaseException as exc:
-                        self._index_failure = exc
-                        raise
-                    finally:
-                        self._index_attempts += 1  # attempts finished, failed or not
-                    self._index_failure = None
+        if self._indexes_ready:
+            return self._target
+        if self._index_retry_at is None:
+            self._first_use()
+        elif self._index_retry_due() and self._index_lock.acquire(blocking=False):
+            try:
+                if self._index_retry_due():
+                    self._prepare_indexes()
+            finally:
+                self._index_lock.release()
         return self._target
+
+    def _first_use(self) -> None:
+        finished_before = self._index_attempts
+        with self._index_lock:
+            if self._indexes_ready or self._index_retry_at is not None:
+                return  # the attempt this thread waited for settled it
+            failure = self._index_failure
+            if failure is not None and self._index_attempts != finished_before:
+                raise failure  # the attempt this thread waited for failed
+            try:
+                self._prepare_indexes()
+            except BaseException as exc:
+                self._index_failure = exc
+                raise
+            finally:
+                self._index_attempts += 1  # attempts finished, failed or not
+            self._index_failure = None
 
     def _run(self, operation: ops.Operation[T]) -> T:
         return ops.run_sync(operation, self._ready_collection)
@@ -420,6 +479,13 @@ def open_client(
             client = client_class(uri, **defaults, **options)
         except (InvalidURI, ConfigurationError) as exc:  # the caller's URI or options
             raise ValueError(f"invalid MongoDB URI or option: {exc}") from exc
+        try:
+            check_acknowledged(client.write_concern)
+        except ValueError:
+            # an AsyncMongoClient has not opened anything yet: it connects on first use
+            if not asynchronous:
+                client.close()
+            raise
     else:
         raise ValueError(
             f"unsupported URI scheme {parts.scheme!r}: use mongodb://, mongodb+srv:// "
@@ -460,11 +526,41 @@ def connect(
         store = DataStore(
             target, ensure_indexes=ensure_indexes, max_value_bytes=max_value_bytes, clock=clock
         )
-    except TypeError:
+    except (TypeError, ValueError):
         client.close()
         raise
     store._owned_client = client
     return store
+
+
+def check_acknowledged(write_concern: Any) -> None:
+    """``ValueError`` for an unacknowledged write concern (``w=0``): pymongo refuses the
+    collation that every write of the store carries on an unacknowledged write, so each one
+    would fail; and the store could not report a version, a count or a conflict it never
+    hears of."""
+    if write_concern is not None and not getattr(write_concern, "acknowledged", True):
+        raise ValueError(
+            "agent-datastore needs acknowledged writes: an unacknowledged write concern "
+            f"({write_concern.document}) would make every write fail; use w=1 or "
+            '"majority" (the default)'
+        )
+
+
+# The server takes maxTimeMS as a 32-bit count of milliseconds: about 24.8 days.
+_MAX_TIMEOUT = (2**31 - 1) / 1000
+
+
+def check_timeout(timeout: object) -> float:
+    """``ensure_indexes``'s timeout, in seconds: positive, and short enough to be sent as the
+    build's ``maxTimeMS``."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 < timeout <= _MAX_TIMEOUT:
+        raise ValueError(
+            f"timeout must be a positive number of seconds up to {_MAX_TIMEOUT:,.0f} "
+            f"(MongoDB's longest maxTimeMS), not {timeout!r}"
+        )
+    return float(timeout)
 
 
 def _uri_option_names(query: str) -> list[str]:

@@ -1,9 +1,9 @@
 """Operator tasks over a whole store: inspect, repair, export, import and check it.
 
 The ``agent-datastore`` command is a thin shell over these functions; scripts can call them
-directly. Every question is answered by the server (``distinct``, ``count``, aggregation), never
-by pulling every document into the client, and every write goes through the same validation as
-the proxies.
+directly. Every question is answered by the server (counts and aggregations, listings read
+through cursors), never by pulling every document into the client, and every write goes
+through the same validation as the proxies.
 
 Export format (JSON Lines, one item per line)::
 
@@ -36,7 +36,9 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from . import _codec, _core
+from . import _operations as ops
 from ._exceptions import translate_driver_errors
+from ._operations import index_conflicts
 from ._store import DataStore
 
 __all__ = [
@@ -113,17 +115,15 @@ def _scope_filter(
 
 
 def users(store: DataStore) -> list[str]:
-    """Every user id that holds at least one item, sorted."""
-    with translate_driver_errors():
-        found = _collection(store).distinct("userId", {}, collation=_SIMPLE)
-    return sorted(name for name in found if isinstance(name, str))
+    """Every user id that holds at least one item, sorted. Read through a cursor, one index
+    entry per user (see docs/schema.md, "Listings"): no size limit."""
+    return ops.run_sync(ops.distinct_values({}), lambda: _collection(store))
 
 
 def agents(store: DataStore, user_id: str) -> list[str]:
-    """The agents of ``user_id`` that hold at least one item, sorted."""
-    with translate_driver_errors():
-        found = _collection(store).distinct("agentName", _scope_filter(user_id), collation=_SIMPLE)
-    return sorted(name for name in found if isinstance(name, str))
+    """The agents of ``user_id`` that hold at least one item, sorted; read as ``users``."""
+    listing = ops.distinct_values(_scope_filter(user_id))
+    return ops.run_sync(listing, lambda: _collection(store))
 
 
 def namespaces(store: DataStore, user_id: str, agent_name: str) -> list[str]:
@@ -401,8 +401,14 @@ def import_items(
 
 
 def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
-    """Check the store: round trip, server version, the unique and TTL indexes, and documents
-    that break the schema (with a few of them)."""
+    """Check the store: round trip, server version, the unique and TTL indexes (and why an
+    index with their keys does not serve, if one is there), and documents that break the
+    schema (with a few of them).
+
+    ``documents`` is ``estimated_document_count()``: read from the collection's metadata, so
+    it costs nothing however large the collection, but it may be off after an unclean
+    shutdown, and on a sharded cluster it counts orphaned documents too. The count of
+    documents that break the schema is exact: a query that reads every document."""
     collection = _collection(store)
     with translate_driver_errors():
         collection.database.command("ping")  # selects the server and opens a connection
@@ -411,7 +417,7 @@ def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
         latency_ms = (time.perf_counter() - started) * 1000
         version = collection.database.client.server_info().get("version", "unknown")
         indexes = collection.index_information()
-        documents = collection.count_documents({})
+        documents = collection.estimated_document_count()
         broken = collection.count_documents(_BROKEN_SCHEMA)
         examples = list(collection.find(_BROKEN_SCHEMA, {"value": 0, "metadata": 0}, limit=sample))
     unique = [name for name, spec in indexes.items() if _core.is_equivalent_index(spec)]
@@ -421,7 +427,9 @@ def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
         "server_version": version,
         "unique_index": unique[0] if unique else None,
         "ttl_index": expiry[0] if expiry else None,
+        "index_problems": index_conflicts(indexes),
         "documents": documents,
+        "documents_estimated": True,
         "invalid_documents": broken,
         "invalid_sample": [{k: _text(v) for k, v in doc.items()} for doc in examples],
         "healthy": bool(unique) and bool(expiry) and broken == 0,

@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - the cli extra is not installed
     ) from exc
 
 from . import __version__, admin
+from ._core import ENSURE_INDEXES_TIMEOUT
 from ._exceptions import DataStoreError, DataStoreUnavailable
 from ._store import DataStore, connect
 
@@ -510,7 +511,9 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         missing = "MISSING (run ensure-indexes)"
         click.echo(f"unique index:      {report['unique_index'] or missing}")
         click.echo(f"ttl index:         {report['ttl_index'] or missing}")
-        click.echo(f"documents:         {report['documents']}")
+        for problem in report["index_problems"]:
+            click.echo(f"  {problem}")
+        click.echo(f"documents:         {report['documents']} (estimated from metadata)")
         click.echo(f"invalid documents: {report['invalid_documents']}")
         for sample in report["invalid_sample"]:
             click.echo(f"  {json.dumps(sample, ensure_ascii=False)}")
@@ -520,11 +523,21 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command(name="ensure-indexes")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=ENSURE_INDEXES_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the index build; the server aborts a build still running then.",
+)
 @_json_flag
 @click.pass_context
-def ensure_indexes(ctx: click.Context, as_json: bool) -> None:
-    """Create the unique and TTL indexes if they are missing."""
-    _store(ctx).ensure_indexes()
+def ensure_indexes(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Create the unique and TTL indexes if they are missing.
+
+    Waits for the build, at most --timeout seconds; the server aborts a build still running
+    then."""
+    _store(ctx).ensure_indexes(timeout=timeout)
     _print_json({"index": "ok"}) if as_json else click.echo("unique and TTL indexes present")
 
 

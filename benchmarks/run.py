@@ -197,6 +197,11 @@ class InstantCollection:
         self._remember("distinct", args, kwargs)
         return ["default", "other"]
 
+    def aggregate(self, *args: Any, **kwargs: Any) -> list:
+        """list_namespaces: each namespace and the expiry of its first item (none: live)."""
+        self._remember("aggregate", args, kwargs)
+        return [{"_id": "default", "expiresAt": None}, {"_id": "other", "expiresAt": None}]
+
     def bulk_write(self, *args: Any, **kwargs: Any) -> None:
         self._remember("bulk_write", args, kwargs)
 
@@ -213,6 +218,8 @@ class InstantCollection:
             return {"value": getattr(self, name)(*args, **kwargs), "ok": 1.0}
         if name == "distinct":
             return {"values": ["default", "other"], "ok": 1.0}
+        if name == "aggregate":
+            return {"cursor": {"firstBatch": self.aggregate(*args, **kwargs), "id": 0}, "ok": 1.0}
         return {"n": 1, "nModified": 1, "ok": 1.0}
 
     def command_document(self) -> dict:
@@ -247,6 +254,14 @@ class InstantCollection:
             }
         if name == "distinct":
             return {"distinct": "items", "key": args[0], "query": args[1], "collation": collation}
+        if name == "aggregate":
+            cursor = {"batchSize": kwargs["batchSize"]} if kwargs.get("batchSize") else {}
+            return {
+                "aggregate": "items",
+                "pipeline": args[0],
+                "cursor": cursor,
+                "collation": collation,
+            }
         if name == "bulk_write":
             updates = [
                 {

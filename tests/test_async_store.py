@@ -127,8 +127,8 @@ def test_each_store_refuses_the_other_drivers_collection() -> None:
 
 
 class FailingIndexes:
-    """An async collection stand-in whose index creation fails, after letting other tasks
-    run, and counts its attempts."""
+    """An async collection stand-in whose index listing (the first command of every attempt
+    to ensure the indexes) fails, after letting other tasks run, and counts the attempts."""
 
     def __init__(self) -> None:
         self.attempts = 0
@@ -136,7 +136,7 @@ class FailingIndexes:
     def with_options(self, **_: Any) -> FailingIndexes:
         return self
 
-    async def create_index(self, *args: Any, **kwargs: Any) -> str:
+    async def index_information(self) -> dict[str, Any]:
         self.attempts += 1
         await asyncio.sleep(0.01)
         raise AutoReconnect("connection closed")

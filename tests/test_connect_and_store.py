@@ -223,23 +223,31 @@ def test_proxy_is_read_only_and_has_a_useful_repr(opener: Callable[..., Any]) ->
 
 
 class CountingIndexes:
-    """Counts create_index calls on a store's collection, optionally failing the first ones.
-    Ensuring the indexes makes two calls: the unique index, then the TTL index."""
+    """Counts the index commands on a store's collection: ``listings`` (``listIndexes``, with
+    which every attempt to ensure the indexes starts) and ``creations`` (``createIndexes``),
+    optionally failing the first listings."""
 
     def __init__(self, store: DataStore, failures: int = 0, delay: float = 0.0) -> None:
-        self.calls = 0
+        self.listings = 0
+        self.creations = 0
         self._failures = failures
         self._delay = delay
-        self._create = store._target.create_index
-        store._target.create_index = self  # type: ignore[method-assign]
+        target = store._target
+        self._list, self._create = target.index_information, target.create_indexes
+        target.index_information = self.list  # type: ignore[method-assign]
+        target.create_indexes = self.create  # type: ignore[method-assign]
 
-    def __call__(self, *args: Any, **kwargs: Any) -> str:
-        self.calls += 1
-        if self.calls <= self._failures:
+    def list(self) -> dict[str, Any]:
+        self.listings += 1
+        if self.listings <= self._failures:
             time.sleep(self._delay)  # the other threads arrive while this attempt runs
             raise AutoReconnect("connection closed")
         time.sleep(0.01)  # widen the window for racing threads
-        return str(self._create(*args, **kwargs))
+        return self._list()
+
+    def create(self, *args: Any, **kwargs: Any) -> list[str]:
+        self.creations += 1
+        return self._create(*args, **kwargs)
 
 
 def test_the_unique_index_has_the_documented_spec(
@@ -254,14 +262,14 @@ def test_the_unique_index_has_the_documented_spec(
 def test_indexes_are_ensured_once_on_first_use() -> None:
     with connect("mongomock://") as store:
         counter = CountingIndexes(store)
-        assert counter.calls == 0  # creating the store and proxies touches nothing
+        assert (counter.listings, counter.creations) == (0, 0)  # creating them touches nothing
         proxy = store.proxy("u", "a")
         for operation in OPERATIONS.values():
             with contextlib.suppress(VersionConflict):  # the if_version calls conflict here
                 operation(proxy)
-        assert counter.calls == 2
-        store.ensure_indexes()  # explicit calls are idempotent and always run
-        assert counter.calls == 4
+        assert (counter.listings, counter.creations) == (1, 1)  # both indexes in one command
+        store.ensure_indexes()  # explicit calls always run, and find both indexes there
+        assert (counter.listings, counter.creations) == (2, 1)
 
 
 def test_indexes_are_ensured_once_across_racing_threads() -> None:
@@ -279,7 +287,7 @@ def test_indexes_are_ensured_once_across_racing_threads() -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        assert counter.calls == 2
+        assert (counter.listings, counter.creations) == (1, 1)
         assert len(proxy.list_keys()) == 12
 
 
@@ -305,11 +313,11 @@ def test_threads_waiting_for_the_index_share_one_attempt_and_its_failure() -> No
             thread.join()
         # one failed attempt, shared by every thread that waited for it: not one timeout
         # after another
-        assert counter.calls == 1
+        assert counter.listings == 1
         assert len(outcomes) == 8
         assert all(isinstance(outcome, DataStoreUnavailable) for outcome in outcomes)
         proxy.get("k")  # the next call tries again, and succeeds
-        assert counter.calls == 3
+        assert (counter.listings, counter.creations) == (2, 1)
 
 
 def test_a_failed_index_build_is_retried_on_the_next_call() -> None:
@@ -321,7 +329,8 @@ def test_a_failed_index_build_is_retried_on_the_next_call() -> None:
         assert proxy.list_keys() == []
         proxy.set("k", 1)
         proxy.get("k")
-        assert counter.calls == 3  # the failed unique index, then both indexes once
+        # the failed listing, then one listing and one creation of both indexes
+        assert (counter.listings, counter.creations) == (2, 1)
 
 
 def test_ensure_indexes_false_skips_index_creation() -> None:

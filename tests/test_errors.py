@@ -25,6 +25,7 @@ from agent_datastore import (
     DataStoreError,
     DataStoreUnavailable,
     HTTPException,
+    _core,
 )
 from agent_datastore._exceptions import translate_driver_errors
 
@@ -245,8 +246,12 @@ class FailingCollection:
             raise self.errors[len(self.calls) - 1] if self.errors else self.error
         return _Result()
 
-    def create_index(self, *args: Any, **kwargs: Any) -> str:
-        return "index"
+    def index_information(self) -> dict[str, Any]:
+        # the store's indexes are in place: first use is one listing, which never fails here
+        return {
+            _core.INDEX_NAME: {"key": _core.INDEX_KEYS, "unique": True},
+            _core.TTL_INDEX_NAME: {"key": _core.TTL_INDEX_KEYS, "expireAfterSeconds": 0},
+        }
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: self._call(name, *args)
@@ -274,8 +279,8 @@ class AsyncFailingCollection:
     def find(self, *args: Any, **kwargs: Any) -> Any:
         return self.sync.find(*args, **kwargs)
 
-    async def create_index(self, *args: Any, **kwargs: Any) -> str:
-        return self.sync.create_index(*args, **kwargs)
+    async def index_information(self) -> dict[str, Any]:
+        return self.sync.index_information()
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.sync, name)

@@ -14,7 +14,7 @@ from bson.int64 import Int64
 
 from agent_datastore import AgentDataStoreProxy, VersionConflict
 from agent_datastore import _operations as ops
-from agent_datastore._core import KEY_PAGE_SIZE
+from agent_datastore._core import FIRST_USE_INDEX_BUILD_MS, KEY_PAGE_SIZE
 
 from .wire import WireServer, start_wire_server
 
@@ -88,7 +88,7 @@ OPERATIONS: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "delete": (lambda p: p.delete("k"), "findAndModify"),
     "list_keys": (lambda p: p.list_keys(), "find"),
     "list_keys prefix": (lambda p: p.list_keys(prefix="a."), "find"),
-    "list_namespaces": (lambda p: p.list_namespaces(), "distinct"),
+    "list_namespaces": (lambda p: p.list_namespaces(), "aggregate"),
     "clear": (lambda p: p.clear(), "delete"),
     "get_many": (lambda p: p.get_many(["a", "b", "a"]), "find"),
     "set_many": (lambda p: p.set_many({"a": 1, "b": 2}), "update"),
@@ -120,9 +120,8 @@ def test_each_operation_sends_exactly_one_targeted_command(
         assert_targeted(command["filter"])
         without_expiry(command["filter"])
         assert command["collation"] == SIMPLE
-    elif name == "distinct":
-        assert_targeted(command["query"], namespace=False)
-        without_expiry(command["query"])
+    elif name == "aggregate":
+        assert_targeted(command["pipeline"][0]["$match"], namespace=False)
         assert command["collation"] == SIMPLE
     elif name == "findAndModify":
         # the filter is exactly the unique index's fields, so the server itself retries an
@@ -162,11 +161,12 @@ def test_first_use_creates_the_indexes_once_with_their_exact_spec(wire: WireServ
         proxy.list_namespaces()
         commands = wire.take()
     names = [next(iter(c)) for c in commands]
-    assert names == ["createIndexes", "createIndexes", "find", "update", "distinct"]
-    unique, expiry = commands[:2]
-    assert [dict(index) for index in unique["indexes"]] == [INDEX]
-    assert list(unique["indexes"][0]["key"].items()) == list(INDEX["key"].items())  # order
-    assert [dict(index) for index in expiry["indexes"]] == [TTL_INDEX]
+    # both indexes are missing: one bounded command creates them together
+    assert names == ["listIndexes", "createIndexes", "find", "update", "aggregate"]
+    creation = commands[1]
+    assert [dict(index) for index in creation["indexes"]] == [INDEX, TTL_INDEX]
+    assert list(creation["indexes"][0]["key"].items()) == list(INDEX["key"].items())  # order
+    assert creation["maxTimeMS"] == FIRST_USE_INDEX_BUILD_MS
 
 
 # ------------------------------------------------------------------------ each command shape
@@ -474,15 +474,20 @@ def test_list_items_projects_details_and_the_stored_size_without_values(
     assert command["limit"] == 1
 
 
-def test_list_namespaces_sends_one_distinct_on_user_and_agent(
+def test_list_namespaces_sends_one_aggregation_on_user_and_agent(
     wire: WireServer, proxy: AgentDataStoreProxy
 ) -> None:
-    wire.distinct_values = ["b", "a", "default"]
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    wire.aggregate_batches = [[{"_id": "b"}, {"_id": "a", "expiresAt": later}, {"_id": "default"}]]
     assert proxy.list_namespaces() == ["a", "b", "default"]
-    wire.distinct_values = []
-    command = only_command(wire, "distinct")
-    assert command["key"] == "namespace"
-    assert without_expiry(command["query"]) == dict(SCOPE[:2])
+    command = only_command(wire, "aggregate")
+    # every first item is live: the one aggregation, on the index prefix, in index order
+    assert command["pipeline"] == [
+        {"$match": dict(SCOPE[:2])},
+        {"$sort": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1}},
+        {"$group": {"_id": "$namespace", "expiresAt": {"$first": "$expiresAt"}}},
+    ]
+    assert command["collation"] == SIMPLE
 
 
 @pytest.mark.parametrize(

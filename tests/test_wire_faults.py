@@ -11,6 +11,7 @@ import pytest
 from pymongo import errors as pe
 
 from agent_datastore import AgentDataStoreProxy, DataStoreError, DataStoreUnavailable
+from agent_datastore._core import INDEX_NAME
 
 from .wire import Fault, WireServer, start_wire_server
 
@@ -44,7 +45,7 @@ RETRIED: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "set": (lambda p: p.set("k", {"v": 1}, metadata={"m": 1}), "update"),
     "delete": (lambda p: p.delete("k"), "findAndModify"),
     "list_keys": (lambda p: p.list_keys(prefix="a"), "find"),
-    "list_namespaces": (lambda p: p.list_namespaces(), "distinct"),
+    "list_namespaces": (lambda p: p.list_namespaces(), "aggregate"),
     "get_many": (lambda p: p.get_many(["a", "b"]), "find"),
     "set_many": (lambda p: p.set_many({"a": 1, "b": 2}), "update"),
     "increment": (lambda p: p.increment("k"), "findAndModify"),
@@ -245,9 +246,6 @@ def test_unauthorized_is_a_clear_error(wire: WireServer, proxy: AgentDataStorePr
 
 
 def test_the_same_index_under_another_name_is_accepted(wire: WireServer) -> None:
-    wire.fail_next(
-        "createIndexes", Fault("error", 85, "Index already exists with a different name")
-    )
     wire.indexes = [
         {"v": 2, "key": {"_id": 1}, "name": "_id_"},
         {
@@ -261,33 +259,61 @@ def test_the_same_index_under_another_name_is_accepted(wire: WireServer) -> None
         proxy = store.proxy("u", "a")
         proxy.get("k")
         proxy.get("k")
-    # the unique index is found under its other name; then the TTL index is ensured
-    assert wire.names() == ["createIndexes", "listIndexes", "createIndexes", "find", "find"]
+    # the unique index is found under its other name; only the TTL index is created
+    commands = wire.take()
+    assert [next(iter(c)) for c in commands] == ["listIndexes", "createIndexes", "find", "find"]
+    assert [index["name"] for index in commands[1]["indexes"]] == ["expiresAt_1"]
     wire.indexes = []
-    wire.take()
+
+
+_STORE_KEYS = {"userId": 1, "agentName": 1, "namespace": 1, "key": 1}
 
 
 @pytest.mark.parametrize(
-    "other",
+    ("other", "reason"),
     [
-        {"key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1}, "name": "not_unique"},
-        {
-            "key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1},
-            "name": "case_blind",
-            "unique": True,
-            "collation": {"locale": "en", "strength": 2},
-        },
-        {"key": {"userId": 1, "key": 1}, "name": "other_keys", "unique": True},
+        ({"key": _STORE_KEYS, "name": "not_unique"}, "is not unique"),
+        (
+            {
+                "key": _STORE_KEYS,
+                "name": "case_blind",
+                "unique": True,
+                "collation": {"locale": "en", "strength": 2},
+            },
+            "compares strings by the 'en' collation",
+        ),
+        ({"key": _STORE_KEYS, "name": "hidden", "unique": True, "hidden": True}, "is hidden"),
+        (
+            {
+                "key": _STORE_KEYS,
+                "name": "partial",
+                "unique": True,
+                "partialFilterExpression": {"userId": {"$exists": True}},
+            },
+            "is partial",
+        ),
+        ({"key": _STORE_KEYS, "name": "sparse", "unique": True, "sparse": True}, "is sparse"),
+        (
+            {"key": {"userId": 1, "key": 1}, "name": INDEX_NAME, "unique": True},
+            "is not on (userId, agentName, namespace, key)",
+        ),
     ],
-    ids=["not unique", "case-insensitive collation", "other keys"],
+    ids=["not unique", "case-insensitive collation", "hidden", "partial", "sparse", "other keys"],
 )
-def test_a_conflicting_index_is_a_clear_error(wire: WireServer, other: dict[str, Any]) -> None:
+def test_a_conflicting_index_is_a_clear_error(
+    wire: WireServer, other: dict[str, Any], reason: str
+) -> None:
+    """The server refuses the store's index beside one with its keys or name and other
+    options (85 or 86); the store lists again, and says which index is in the way and why."""
     wire.fail_next(
         "createIndexes", Fault("error", 85, "Index already exists with a different name")
     )
     wire.indexes = [other]
-    with wire.connect() as store, pytest.raises(DataStoreError, match="different name"):
+    with wire.connect() as store, pytest.raises(DataStoreError) as raised:
         store.proxy("u", "a").get("k")
     wire.indexes = []
-    assert wire.names() == ["createIndexes", "listIndexes"]
+    assert wire.names() == ["listIndexes", "createIndexes", "listIndexes"]
+    message = raised.value.detail
+    assert f"unique index {other['name']!r} {reason}" in message
+    assert "different name" in message  # what the server said
     wire.take()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson.int64 import Int64
 from mockupdb import MockupDB, Request
 
 import agent_datastore
@@ -47,6 +48,9 @@ class WireServer:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     find_batches: list[list[dict[str, Any]]] = field(default_factory=list)
     distinct_values: list[Any] = field(default_factory=list)
+    # the batches of the next aggregate's cursor: the first in its reply, the others one per
+    # getMore
+    aggregate_batches: list[list[dict[str, Any]]] = field(default_factory=list)
     indexes: list[dict[str, Any]] = field(default_factory=list)
     deleted: int = 0
     # findAndModify replies: the document as it was before, None for none
@@ -136,13 +140,26 @@ class WireServer:
             raise ValueError(fault.kind)
         return True
 
+    def _cursor_id(self) -> Int64:
+        """An open cursor while batches remain, else the closed cursor's 0."""
+        return Int64(1 if self.aggregate_batches else 0)
+
     @staticmethod
     def _labels_retryable(doc: dict[str, Any], code: int) -> bool:
         is_retryable_write = next(iter(doc)) in _WRITES and "txnNumber" in doc
         return is_retryable_write and code in _RETRYABLE_WRITE_CODES
 
     def _answer(self, name: str, doc: dict[str, Any]) -> dict[str, Any]:
+        if name == "getMore":
+            namespace = f"{doc.get('$db')}.{doc['collection']}"
+            batch = self.aggregate_batches.pop(0) if self.aggregate_batches else []
+            cursor = {"id": self._cursor_id(), "ns": namespace, "nextBatch": batch}
+            return {"ok": 1, "cursor": cursor}
         namespace = f"{doc.get('$db')}.{doc[name]}"
+        if name == "aggregate":
+            batch = self.aggregate_batches.pop(0) if self.aggregate_batches else []
+            cursor = {"id": self._cursor_id(), "ns": namespace, "firstBatch": batch}
+            return {"ok": 1, "cursor": cursor}
         if name == "find":
             batch = self.find_batches.pop(0) if self.find_batches else []
             return {"ok": 1, "cursor": {"id": 0, "ns": namespace, "firstBatch": batch}}
