@@ -209,9 +209,9 @@ def members_answer(target: Any) -> bool:
 
 
 def _drain(cursor: Any) -> list[Any]:
-    """Every document of a ``find``. pymongo's ``Cursor.to_list`` takes each batch whole,
-    where iterating costs a call per document (12 us of a 100-document ``get_many``); the
-    embedded store and stand-ins give plain iterators."""
+    """Every document of a ``find`` or an ``aggregate``. pymongo's cursors' ``to_list`` takes
+    each batch whole, where iterating costs a call per document (12 us of a 100-document
+    ``get_many``); the embedded store and stand-ins give plain iterators or lists."""
     to_list = getattr(cursor, "to_list", None)
     return to_list() if to_list is not None else list(cursor)
 
