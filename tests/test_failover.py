@@ -21,9 +21,10 @@ from agent_datastore import _operations as ops
 
 from .helpers import closed_port
 
-# a selection gives up after this long: far shorter than an election, so that every test
-# call needs the store to select again
-SELECTION_MS = 150
+# A selection gives up after this long: far shorter than the "elections" below, so that
+# every test call needs the store to select again, and long enough for the client's monitor
+# to have heard the member's first answer on a loaded machine.
+SELECTION_MS = 500
 
 
 class Member:
@@ -41,7 +42,9 @@ class Member:
         return f"mongodb://{self.server.address_string}/?replicaSet=rs"
 
     def promote(self, after: float) -> None:
-        threading.Timer(after, self.primary.set).start()
+        timer = threading.Timer(after, self.primary.set)
+        timer.daemon = True
+        timer.start()
 
     def _answer(self, request: Request) -> bool:
         name = request.command_name
@@ -82,7 +85,7 @@ def test_a_call_waits_out_an_election(member: Member) -> None:
         member.uri, serverSelectionTimeoutMS=SELECTION_MS, ensure_indexes=False
     ) as store:
         proxy = store.proxy("user-1", "agent-a")
-        member.promote(after=1.0)  # several selections' worth
+        member.promote(after=2.0)  # several selections' worth
         assert proxy.get("k", default="absent") == "absent"
         assert member.finds == 1  # sent once, when there was a primary to send it to
 
@@ -93,7 +96,7 @@ def test_an_async_call_waits_out_an_election(member: Member) -> None:
             member.uri, serverSelectionTimeoutMS=SELECTION_MS, ensure_indexes=False
         )
         try:
-            member.promote(after=1.0)
+            member.promote(after=2.0)
             return await store.proxy("user-1", "agent-a").get("k", default="absent")
         finally:
             await store.aclose()
@@ -106,7 +109,7 @@ def test_the_wait_for_an_election_is_bounded_by_timeout_ms(member: Member) -> No
     """The client's timeoutMS replaces the store's window: past it, the call fails with
     the 503 of a database that is away, although a member still answers."""
     with agent_datastore.connect(
-        member.uri, serverSelectionTimeoutMS=SELECTION_MS, timeoutMS=600, ensure_indexes=False
+        member.uri, serverSelectionTimeoutMS=SELECTION_MS, timeoutMS=1_500, ensure_indexes=False
     ) as store:
         with pytest.raises(DataStoreUnavailable):
             store.proxy("user-1", "agent-a").get("k")
