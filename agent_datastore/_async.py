@@ -10,13 +10,15 @@ only the I/O differs. The embedded store works here too, through
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
 import pymongo
 from pymongo.collection import Collection
+from pymongo.errors import ServerSelectionTimeoutError
 
 from . import _core, _embedded
 from . import _operations as ops
@@ -54,20 +56,46 @@ async def run_async(operation: ops.Operation[T], collection: Any, *, off_loop: b
         except ops.DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
             raise translate(exc, keys) from exc
         keys, failure = command.keys, None
+        target = None
         try:
-            method = getattr(await collection(), command.method)
-            if command.method == "find" and command.max_bytes:
-                cursor = method(*command.args, **command.kwargs)
-                reply = await take_within_async(cursor, command.max_bytes)
-            elif command.method == "find":
-                reply = await method(*command.args, **command.kwargs).to_list(None)
-            elif command.method == "aggregate":  # a coroutine that opens the cursor
-                cursor = await method(*command.args, **command.kwargs)
-                reply = await cursor.to_list(None)
-            else:
-                reply = await method(*command.args, **command.kwargs)
+            target = await collection()
+            reply = await _call(target, command)
+        except ServerSelectionTimeoutError as exc:
+            reply, failure = await _select_again(exc, target, collection, command)
         except ops.DRIVER_ERRORS as exc:
             reply, failure = None, exc
+
+
+async def _call(target: Any, command: ops.Command) -> Any:
+    method = getattr(target, command.method)
+    if command.method == "find" and command.max_bytes:
+        cursor = method(*command.args, **command.kwargs)
+        return await take_within_async(cursor, command.max_bytes)
+    if command.method == "find":
+        return await method(*command.args, **command.kwargs).to_list(None)
+    if command.method == "aggregate":  # a coroutine that opens the cursor
+        cursor = await method(*command.args, **command.kwargs)
+        return await cursor.to_list(None)
+    return await method(*command.args, **command.kwargs)
+
+
+async def _select_again(
+    exc: ServerSelectionTimeoutError,
+    target: Any,
+    collection: Callable[[], Awaitable[Any]],
+    command: ops.Command,
+) -> tuple[Any, BaseException | None]:
+    """``_operations._select_again``, awaited."""
+    deadline = ops.failover_deadline(target)
+    while deadline is not None and ops.members_answer(target) and time.monotonic() < deadline:
+        try:
+            target = await collection()
+            return await _call(target, command), None
+        except ServerSelectionTimeoutError as again:
+            exc = again
+        except ops.DRIVER_ERRORS as other:
+            return None, other
+    return None, exc
 
 
 class _Finished(Exception):

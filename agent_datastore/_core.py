@@ -41,6 +41,7 @@ from ._exceptions import DataStoreError
 
 __all__ = [
     "COMMAND_HEADROOM",
+    "FAILOVER_WINDOW_MS",
     "INDEX_KEYS",
     "INDEX_NAME",
     "KEY_PAGE_SIZE",
@@ -59,6 +60,7 @@ __all__ = [
     "Clock",
     "Scope",
     "Write",
+    "as_utc",
     "check_amount",
     "check_if_version",
     "check_key",
@@ -164,6 +166,15 @@ KEY_PAGE_SIZE = 1_000
 
 Clock = Callable[[], datetime]
 
+FAILOVER_WINDOW_MS = 15_000
+"""How long a call keeps looking for a primary while members of the replica set answer but
+none is primary (an election), counted from the call's first server selection; a client's
+``timeoutMS`` replaces it. An unplanned election takes about 12 s with the default
+``electionTimeoutMillis`` of 10 s (MongoDB's manual: the median "should not typically exceed
+12 seconds"), and the driver finds the new primary within about half a second after
+(``minHeartbeatFrequencyMS``, or at once with the streaming protocol of 4.4+). When nothing
+answers, the call fails after ``serverSelectionTimeoutMS`` as before. See docs/operations.md."""
+
 # The server's default first batch is 101 documents; asking for more keeps a listing or a
 # get_many to one round trip until the reply reaches the server's 16 MiB batch limit.
 LISTING_BATCH_SIZE = 100_000
@@ -209,16 +220,16 @@ def check_key(key: object) -> str:
 
 def check_keys(keys: object) -> list[str]:
     """The distinct keys of a ``get_many`` call, in the order given."""
-    if isinstance(keys, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
-        keys, Iterable
-    ):
-        raise TypeError(f"keys must be a list of str, not {type(keys).__name__}")
-    checked = _plain_keys(keys)
-    if checked is None:
+    plain = _plain_keys(keys)
+    if plain is not None:
+        checked, key_bytes = plain
+    else:
+        if isinstance(keys, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
+            keys, Iterable
+        ):
+            raise TypeError(f"keys must be a list of str, not {type(keys).__name__}")
         checked = list(dict.fromkeys(check_key(key) for key in keys))
         key_bytes = sum(map(_codec.string_size, checked))
-    else:
-        key_bytes = sum(map(len, checked))
     # each key is an array element: type byte, index name, string length, bytes, NUL
     size = key_bytes + 6 * len(checked)
     size += _codec.array_names_size(len(checked))
@@ -230,21 +241,26 @@ def check_keys(keys: object) -> list[str]:
     return checked
 
 
-def _plain_keys(keys: object) -> list[str] | None:
+_ONLY_STR = {str}
+
+
+def _plain_keys(keys: object) -> tuple[list[str], int] | None:
     """The distinct keys of a list or tuple of ASCII ``str`` keys that ``check_key`` would all
-    accept, checked in a few passes at C speed; ``None`` for anything else, which
-    ``check_keys`` then checks key by key (and raises for, as ever)."""
+    accept, and their size in bytes, checked in a few passes at C speed; ``None`` for anything
+    else, which ``check_keys`` then checks key by key (and raises for, as ever)."""
     if type(keys) is not list and type(keys) is not tuple:
         return None
-    if not keys or set(map(type, keys)) != {str}:  # before hashing: a key may be a list
+    if not keys or set(map(type, keys)) != _ONLY_STR:  # before hashing: a key may be a list
         return None
-    unique = list(dict.fromkeys(keys))
+    unique = dict.fromkeys(keys)
+    joined = "".join(unique)
     # ASCII: one byte per character, so the lengths are the UTF-8 sizes, with no surrogate
-    if not "".join(unique).isascii() or min(map(len, unique)) == 0:
+    if not joined.isascii() or "" in unique:
         return None
-    if max(map(len, unique)) > MAX_KEY_BYTES:
+    # no key can be longer than all of them together
+    if len(joined) > MAX_KEY_BYTES and max(map(len, unique)) > MAX_KEY_BYTES:
         return None
-    return unique
+    return list(unique), len(joined)
 
 
 def check_prefix(prefix: object, what: str = "prefix") -> str | None:
@@ -378,6 +394,20 @@ def check_max_value_bytes(limit: object) -> int:
     return limit
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A date read from the database, as the store hands it out: aware, in UTC.
+
+    The store's codec reads dates naive (``_store.CODEC_OPTIONS``), and BSON dates are UTC, so
+    a naive date only needs its zone; an aware one (from a stand-in collection) is converted.
+    """
+    zone = moment.tzinfo
+    if zone is None:
+        return moment.replace(tzinfo=timezone.utc)
+    if zone is timezone.utc:
+        return moment
+    return moment.astimezone(timezone.utc)
+
+
 def live_query(now: datetime) -> dict[str, Any]:
     """The query condition of an item that has not expired at ``now``.
 
@@ -393,7 +423,7 @@ def is_live(document: Mapping[str, Any] | None, now: datetime) -> bool:
     if document is None or "createdAt" not in document:
         return False
     expires = document.get("expiresAt")
-    return not (isinstance(expires, datetime) and expires <= now)
+    return not (isinstance(expires, datetime) and as_utc(expires) <= now)
 
 
 def version_of(document: Mapping[str, Any]) -> int:
@@ -875,5 +905,10 @@ def value_of(document: Mapping[str, Any] | None, default: Any) -> Any:
 
 def values_by_key(documents: Iterable[Mapping[str, Any]], keys: list[str]) -> dict[str, Any]:
     """What ``get_many`` returns: found keys in the order asked, with their values."""
-    found = {doc["key"]: doc.get("value") for doc in documents}
-    return {key: _codec.decode(found[key]) for key in keys if key in found}
+    decode = _codec.decode
+    found = {doc["key"]: decode(doc.get("value")) for doc in documents}
+    # The server answers in index order: keys asked in that order, all found (a page of
+    # list_keys read back, say), need no reordering.
+    if len(found) == len(keys) and list(found) == keys:
+        return found
+    return {key: found[key] for key in keys if key in found}

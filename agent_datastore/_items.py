@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from . import _codec, _core
@@ -87,15 +87,15 @@ def _details(document: Mapping[str, Any]) -> _Details:
         if not isinstance(created, datetime) or not isinstance(updated, datetime):
             raise ValueError("createdAt or updatedAt is not a date")
         expires = document.get("expiresAt")
-        expires = expires.astimezone(timezone.utc) if isinstance(expires, datetime) else None
+        expires = _core.as_utc(expires) if isinstance(expires, datetime) else None
         metadata = document.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             raise ValueError("metadata is not a document")
         return (
             key,  # type: ignore[return-value]
             {name: _codec.decode(value) for name, value in metadata.items()},
-            created.astimezone(timezone.utc),
-            updated.astimezone(timezone.utc),
+            _core.as_utc(created),
+            _core.as_utc(updated),
             _core.version_of(document),
             expires,
         )

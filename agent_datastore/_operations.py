@@ -14,14 +14,22 @@ The rules the operations apply (limits, filters, the update pipelines) are in ``
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 from bson.errors import InvalidBSON, InvalidDocument
-from pymongo import IndexModel, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo import AsyncMongoClient, IndexModel, MongoClient, ReturnDocument, UpdateOne
+from pymongo.errors import (
+    BulkWriteError,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
 from . import _core
 from ._exceptions import DataStoreError, VersionConflict, translate
@@ -134,12 +142,78 @@ def run_sync(operation: Operation[T], collection: Callable[[], Any]) -> T:
         except DRIVER_ERRORS as exc:  # the operation did not handle it: translate it
             raise translate(exc, keys) from exc
         keys, failure = command.keys, None
+        target = None
         try:
-            reply = getattr(collection(), command.method)(*command.args, **command.kwargs)
-            if command.method in _CURSOR_METHODS:
-                reply = take_within(reply, command.max_bytes) if command.max_bytes else list(reply)
+            target = collection()
+            reply = _call(target, command)
+        except ServerSelectionTimeoutError as exc:
+            reply, failure = _select_again(exc, target, collection, command)
         except DRIVER_ERRORS as exc:
             reply, failure = None, exc
+
+
+def _call(target: Any, command: Command) -> Any:
+    reply = getattr(target, command.method)(*command.args, **command.kwargs)
+    if command.method in _CURSOR_METHODS:
+        return take_within(reply, command.max_bytes) if command.max_bytes else _drain(reply)
+    return reply
+
+
+def _select_again(
+    exc: ServerSelectionTimeoutError, target: Any, collection: Callable[[], Any], command: Command
+) -> tuple[Any, BaseException | None]:
+    """After no server could be selected for ``command`` (so it was not sent): the same
+    command again while the deployment elects a primary (``failover_deadline``); the reply,
+    or the error to throw into the operation."""
+    deadline = failover_deadline(target)
+    while deadline is not None and members_answer(target) and time.monotonic() < deadline:
+        try:
+            target = collection()
+            return _call(target, command), None
+        except ServerSelectionTimeoutError as again:
+            exc = again
+        except DRIVER_ERRORS as other:
+            return None, other
+    return None, exc
+
+
+def failover_deadline(target: Any) -> float | None:
+    """Until when (``time.monotonic``) a command that found no server to send to selects
+    again, as long as members of the deployment answer (``members_answer``); ``None`` for a
+    collection that is not on a pymongo client.
+
+    The window starts when the first selection did (the client's ``serverSelectionTimeoutMS``
+    ago) and lasts ``_core.FAILOVER_WINDOW_MS``, or the client's ``timeoutMS`` when it has one
+    (0: no limit), so that a call waits out an election but not a database that is away.
+    """
+    client = getattr(getattr(target, "database", None), "client", None)
+    if not isinstance(client, _CLIENTS):  # the embedded fake, or a stand-in
+        return None
+    options = client.options
+    timeout: float | None = options.timeout
+    window = _core.FAILOVER_WINDOW_MS / 1000 if timeout is None else timeout or math.inf
+    selection: float = options.server_selection_timeout
+    return time.monotonic() - selection + window
+
+
+_CLIENTS = (MongoClient, AsyncMongoClient)
+
+
+def members_answer(target: Any) -> bool:
+    """Whether a member of the deployment answered its monitor last time (its type is known:
+    a secondary, an arbiter, a member between states): a replica set without a primary that
+    is electing one. When nothing answers (every server Unknown, with the connection error),
+    the database is away and waiting longer would only delay the 503."""
+    description = target.database.client.topology_description
+    return bool(description.has_known_servers)
+
+
+def _drain(cursor: Any) -> list[Any]:
+    """Every document of a ``find`` or an ``aggregate``. pymongo's cursors' ``to_list`` takes
+    each batch whole, where iterating costs a call per document (12 us of a 100-document
+    ``get_many``); the embedded store and stand-ins give plain iterators or lists."""
+    to_list = getattr(cursor, "to_list", None)
+    return to_list() if to_list is not None else list(cursor)
 
 
 # -------------------------------------------------------------------------------- indexes
@@ -504,7 +578,7 @@ def _surely_live(expires_at: object, now: datetime) -> bool:
     which the store never writes, is expired by the query once any date in it has passed: it
     is left to the server to decide, as is a date that has passed."""
     if isinstance(expires_at, datetime):
-        return expires_at > now
+        return _core.as_utc(expires_at) > now
     return not isinstance(expires_at, list)
 
 

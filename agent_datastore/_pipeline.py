@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from bson.int64 import Int64
@@ -95,7 +95,13 @@ def _compare(left: Any, right: Any) -> int:
         if left == right:
             return 0
         raise NotImplementedError("ordering of documents or arrays")
+    if left_rank == 9:  # BSON dates are instants in UTC: a naive one (as read) is UTC
+        left, right = _instant(left), _instant(right)
     return -1 if left < right else (1 if left > right else 0)
+
+
+def _instant(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def _truthy(value: Any) -> bool:

@@ -154,6 +154,11 @@ def _iso(moment: Any) -> Any:
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
+def _text(value: Any) -> str:
+    """A stored field as ``doctor`` shows it; a date (read naive, in UTC) with its zone."""
+    return str(_core.as_utc(value) if isinstance(value, datetime) else value)
+
+
 def _item_record(document: dict[str, Any]) -> dict[str, Any]:
     """A stored document as an export record: decoded value and metadata, ISO dates."""
     metadata = document.get("metadata")
@@ -426,6 +431,6 @@ def doctor(store: DataStore, sample: int = 5) -> dict[str, Any]:
         "documents": documents,
         "documents_estimated": True,
         "invalid_documents": broken,
-        "invalid_sample": [{k: str(v) for k, v in doc.items()} for doc in examples],
+        "invalid_sample": [{k: _text(v) for k, v in doc.items()} for doc in examples],
         "healthy": bool(unique) and bool(expiry) and broken == 0,
     }

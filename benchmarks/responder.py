@@ -41,6 +41,25 @@ _HELLO = {
 }
 
 
+# The store's two indexes, as listIndexes describes them on a server where they were built.
+_INDEXES = [
+    {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+    {
+        "v": 2,
+        "key": {"userId": 1, "agentName": 1, "namespace": 1, "key": 1},
+        "name": "userId_1_agentName_1_namespace_1_key_1",
+        "unique": True,
+    },
+    {
+        "v": 2,
+        "key": {"expiresAt": 1},
+        "name": "expiresAt_1",
+        "expireAfterSeconds": 0,
+        "sparse": True,
+    },
+]
+
+
 class _State:
     def __init__(self) -> None:
         self.find: list[dict[str, Any]] = []
@@ -101,6 +120,10 @@ def _answer(state: _State, command: dict[str, Any], documents: list[dict[str, An
         return {"value": state.find_and_modify, "lastErrorObject": found, "ok": 1.0}
     if name == "distinct":
         return {"values": state.distinct, "ok": 1.0}
+    if name == "listIndexes":  # a store's first use finds its indexes in place
+        return {"cursor": {"firstBatch": _INDEXES, "id": 0, "ns": namespace}, "ok": 1.0}
+    if name == "aggregate":
+        return {"cursor": {"firstBatch": [], "id": 0, "ns": namespace}, "ok": 1.0}
     return {"ok": 1.0}  # ping, endSessions, createIndexes, killCursors, ...
 
 

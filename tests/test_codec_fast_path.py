@@ -118,3 +118,18 @@ def test_the_fast_key_check_gives_what_the_key_by_key_check_gives(
     given_keys = tuple(keys) if as_tuple else keys
     # the key-by-key check is what check_keys does for any other iterable
     assert _keys_outcome(given_keys) == _keys_outcome(iter(keys))
+
+
+def test_values_by_key_gives_the_order_asked_whatever_the_order_found() -> None:
+    found = [{"key": "a", "value": 1}, {"key": "b", "value": {"__ads__": "int", "digits": "7"}}]
+    # all found, in the order asked: the documents' own order, decoded
+    assert list(_core.values_by_key([dict(d) for d in found], ["a", "b"]).items()) == [
+        ("a", 1),
+        ("b", 7),
+    ]
+    # all found, asked in another order; and one missing
+    assert list(_core.values_by_key([dict(d) for d in found], ["b", "a"]).items()) == [
+        ("b", 7),
+        ("a", 1),
+    ]
+    assert list(_core.values_by_key([dict(d) for d in found], ["b", "x"]).items()) == [("b", 7)]
