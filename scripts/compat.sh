@@ -19,14 +19,15 @@ unset PYTHONPATH VIRTUAL_ENV  # the runs must test what they installed, nothing 
 work=$(mktemp -d "${TMPDIR:-/tmp}/agent-datastore-compat.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-find_python() {  # the newest python3.X of this machine, or nothing
-    local minor=$1 found candidate
-    found=$(command -v "python$minor" 2>/dev/null || true)
-    if [[ -z "$found" ]]; then
-        for candidate in "${PYENV_ROOT:-$HOME/.pyenv}/versions/$minor".*/bin/python; do
-            [[ -x "$candidate" ]] && found=$candidate
-        done
-    fi
+find_python() {  # a python3.X of this machine that runs, or nothing
+    local minor=$1 found="" candidate
+    # pyenv's shims are on PATH for every version but run only the selected ones
+    for candidate in "$(command -v "python$minor" 2>/dev/null)" \
+        "${PYENV_ROOT:-$HOME/.pyenv}/versions/$minor".*/bin/python; do
+        if [[ -x "$candidate" ]] && "$candidate" -c '' >/dev/null 2>&1; then
+            found=$candidate
+        fi
+    done
     [[ -n "$found" ]] && echo "$found"
 }
 
