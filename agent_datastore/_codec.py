@@ -14,6 +14,9 @@ sub-document ``{"__ads__": <kind>, ...}`` (see docs/schema.md):
 - ``"json"``: a sub-value that would nest deeper than MongoDB's 100 levels, stored as
   ``{"__ads__": "json", "text": "<JSON text>"}``.
 
+A value may nest at most ``MAX_VALUE_DEPTH`` lists and dicts, on every Python, so that what
+one process stores every supported Python can read back (see ``MAX_VALUE_DEPTH``).
+
 Any stored dict holding the tag key is one of these, because a user dict with that key is
 always wrapped; so ``decode`` is unambiguous.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from bson.int64 import Int64
@@ -30,6 +33,7 @@ from bson.int64 import Int64
 __all__ = [
     "MAX_ENCODED_BYTES",
     "MAX_NESTING",
+    "MAX_VALUE_DEPTH",
     "TAG",
     "EncodedValue",
     "ValueTooLarge",
@@ -47,6 +51,18 @@ MAX_NESTING = 100
 # A container at a deeper level than this is stored as JSON text: the tagged dict form needs
 # three levels (wrapper, item list, pair) above its values.
 _LAST_STRUCTURED_LEVEL = MAX_NESTING - 3
+
+# The deepest a value (or one metadata value) may nest: lists and dicts on its deepest path, so
+# that 1 and "a" are depth 0, [] and {"a": 1} depth 1, {"a": [1]} depth 2. Without a limit of
+# its own the store would take whatever depth json.dumps survives on the running interpreter
+# (about 990 levels on 3.10 and 3.11, 1,500 on 3.12, 10,000 on 3.13) and a 3.13 process could
+# store a value that every older reader fails to parse. 400 is what every Python from 3.10 reads
+# with room to spare on each path a value takes: json.loads and json.dumps in C (about 990
+# levels on 3.10 and 3.11, where they share the 1,000-frame recursion limit), the store
+# service's pure-Python parser of large bodies (two frames a level: about 495 levels, and a
+# body nests a value up to 2 levels deeper) and its encoder of large answers (one frame a
+# level), each from the call depth where the store runs it.
+MAX_VALUE_DEPTH = 400
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -94,9 +110,10 @@ def _not_json(value: object) -> TypeError:
 def encode(value: Any, level: int) -> EncodedValue:
     """Encode ``value`` for storage as a field whose containers start at nesting ``level``.
 
-    Raises ``TypeError`` for anything that is not JSON (NaN and infinities included) or that is
-    cyclic or too deep for Python to serialise, and ``ValueTooLarge`` as soon as the value is
-    known to be over ``MAX_ENCODED_BYTES``.
+    Raises ``TypeError`` for anything that is not JSON (NaN and infinities included), that is
+    cyclic, or that nests deeper than ``MAX_VALUE_DEPTH`` (or than the caller's stack leaves
+    room for), and ``ValueTooLarge`` as soon as the value is known to be over
+    ``MAX_ENCODED_BYTES``.
     """
     try:
         kind = type(value)
@@ -204,7 +221,9 @@ def _plain_items(
     return out, size
 
 
-def _encode(value: Any, level: int) -> EncodedValue:
+def _encode(value: Any, level: int, room: int = MAX_VALUE_DEPTH) -> EncodedValue:
+    """``value`` encoded at nesting ``level``, where it may nest at most ``room`` more lists
+    and dicts (the tagged dict form takes three levels but one of ``room``)."""
     kind = type(value)
     if kind is str:
         # its size is known at once: the caller reports it whole (its container, if any,
@@ -225,9 +244,9 @@ def _encode(value: Any, level: int) -> EncodedValue:
     if value is None:
         return None, 0
     if kind is dict:
-        return _encode_dict(value, level)
+        return _encode_dict(value, level, room)
     if kind is list or kind is tuple:
-        return _encode_list(value, level)
+        return _encode_list(value, level, room)
     # Subclasses are stored as their JSON base type, as json.dumps would write them.
     if isinstance(value, str):
         return _encode(str.__str__(value), level)
@@ -236,9 +255,9 @@ def _encode(value: Any, level: int) -> EncodedValue:
     if isinstance(value, float):
         return _encode(float.__float__(value), level)
     if isinstance(value, dict):
-        return _encode_dict(value, level)
+        return _encode_dict(value, level, room)
     if isinstance(value, (list, tuple)):
-        return _encode_list(value, level)
+        return _encode_list(value, level, room)
     raise _not_json(value)
 
 
@@ -255,7 +274,8 @@ def _tagged(kind: str, field: str, payload: Any, payload_size: int) -> EncodedVa
     return {TAG: kind, field: payload}, size
 
 
-def _encode_as_text(value: Any) -> EncodedValue:
+def _encode_as_text(value: Any, room: int) -> EncodedValue:
+    _check_depth(value, room)
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:  # circular reference or NaN, as json reports it
@@ -288,9 +308,9 @@ def _is_plain_name(name: str) -> bool:
     return bool(name) and name[0] != "$" and "." not in name and "\x00" not in name and name != TAG
 
 
-def _encode_dict(value: dict[Any, Any], level: int) -> EncodedValue:
+def _encode_dict(value: dict[Any, Any], level: int, room: int) -> EncodedValue:
     if level > _LAST_STRUCTURED_LEVEL:
-        return _encode_as_text(value)
+        return _encode_as_text(value, room)
     out: dict[str, Any] = {}
     names_size = 0
     plain = True
@@ -305,12 +325,12 @@ def _encode_dict(value: dict[Any, Any], level: int) -> EncodedValue:
             plain = False
         names_size += string_size(name)
     if not plain:
-        return _encode_pairs(out, level)
+        return _encode_pairs(out, level, room)
     size = 5 + names_size + 2 * len(out)
     if size > MAX_ENCODED_BYTES:
         raise ValueTooLarge(size)
     for name, item in out.items():
-        stored, item_size = _encode(item, level + 1)
+        stored, item_size = _encode(item, level + 1, room - 1)
         if stored is not item:
             out[name] = stored
         size += item_size
@@ -319,11 +339,11 @@ def _encode_dict(value: dict[Any, Any], level: int) -> EncodedValue:
     return out, size
 
 
-def _encode_pairs(value: dict[str, Any], level: int) -> EncodedValue:
+def _encode_pairs(value: dict[str, Any], level: int, room: int) -> EncodedValue:
     pairs: list[list[Any]] = []
     pairs_size = 5 + array_names_size(len(value)) + len(value)
     for name, item in value.items():
-        stored, item_size = _encode(item, level + 3)
+        stored, item_size = _encode(item, level + 3, room - 1)
         # a pair is an array ["name", value] with element names "0" and "1"
         pairs_size += 5 + (3 + string_size(name) + 5) + (3 + item_size)
         if pairs_size > MAX_ENCODED_BYTES:
@@ -332,21 +352,69 @@ def _encode_pairs(value: dict[str, Any], level: int) -> EncodedValue:
     return _tagged("dict", "items", pairs, pairs_size)
 
 
-def _encode_list(value: list[Any] | tuple[Any, ...], level: int) -> EncodedValue:
+def _encode_list(value: list[Any] | tuple[Any, ...], level: int, room: int) -> EncodedValue:
     if level > _LAST_STRUCTURED_LEVEL:
-        return _encode_as_text(value)
+        return _encode_as_text(value, room)
     out = list(value)
     size = 5 + array_names_size(len(out)) + len(out)
     if size > MAX_ENCODED_BYTES:
         raise ValueTooLarge(size)
     for index, item in enumerate(out):
-        stored, item_size = _encode(item, level + 1)
+        stored, item_size = _encode(item, level + 1, room - 1)
         if stored is not item:
             out[index] = stored
         size += item_size
         if size > MAX_ENCODED_BYTES:
             raise ValueTooLarge(size)
     return out, size
+
+
+def _check_depth(value: Any, room: int) -> None:
+    """``TypeError`` if the container ``value`` nests more than ``room`` lists and dicts or
+    contains itself. Without recursion, so that no depth is too much to check, and in time
+    linear in its distinct containers (a value may share one container in many places)."""
+    if room < 1:
+        raise _too_deep()
+    heights: dict[int, int] = {}  # of the containers whose every path has been walked
+    path: list[tuple[Any, Iterator[Any]]] = [(value, iter(_children(value)))]
+    on_path = {id(value)}
+    tallest = [1]  # per container on the path: its height so far
+    while path:
+        node, children = path[-1]
+        for child in children:
+            if not isinstance(child, (dict, list, tuple)):
+                continue
+            child_id = id(child)
+            if child_id in on_path:
+                raise TypeError("Circular reference detected")
+            height = heights.get(child_id)
+            if height is None:
+                if len(path) >= room:
+                    raise _too_deep()
+                path.append((child, iter(_children(child))))
+                on_path.add(child_id)
+                tallest.append(1)
+                break
+            if len(path) + height > room:
+                raise _too_deep()
+            tallest[-1] = max(tallest[-1], height + 1)
+        else:
+            path.pop()
+            on_path.discard(id(node))
+            height = tallest.pop()
+            heights[id(node)] = height
+            if tallest:
+                tallest[-1] = max(tallest[-1], height + 1)
+
+
+def _children(container: Any) -> Iterable[Any]:
+    return dict.values(container) if isinstance(container, dict) else container
+
+
+def _too_deep() -> TypeError:
+    return TypeError(
+        f"value is nested too deeply: more than {MAX_VALUE_DEPTH} levels of lists and dicts"
+    )
 
 
 def _is_cyclic(value: Any) -> bool:

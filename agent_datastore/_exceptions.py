@@ -215,7 +215,9 @@ def translate(
 
 
 def _is_dns_failure(exc: BaseException) -> bool:
-    cause = exc.__cause__
+    # pymongo chains dnspython's error as the cause from 4.16; before it, it raised its
+    # ConfigurationError "from None", which leaves the error as the context only
+    cause = exc.__cause__ or exc.__context__
     return cause is not None and type(cause).__module__.split(".")[0] == "dns"
 
 

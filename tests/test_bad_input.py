@@ -18,6 +18,7 @@ from agent_datastore import (
     RemoteDataStoreProxy,
     issue_token,
 )
+from agent_datastore._codec import MAX_VALUE_DEPTH
 
 from .helpers import snapshot
 from .service import SECRET
@@ -45,6 +46,13 @@ def _too_deep() -> Any:
     return value
 
 
+def _past_the_nesting_limit() -> Any:
+    value: Any = 0
+    for _ in range(MAX_VALUE_DEPTH + 1):
+        value = [value]
+    return value
+
+
 BAD_VALUES: list[tuple[str, Callable[[], Any]]] = [
     ("object", object),
     ("set", lambda: {1, 2}),
@@ -66,6 +74,7 @@ BAD_VALUES: list[tuple[str, Callable[[], Any]]] = [
     ("cyclic list", _cyclic_list),
     ("cyclic dict", _cyclic_dict),
     ("too deep for JSON", _too_deep),
+    ("one level past the nesting limit", _past_the_nesting_limit),
     ("lone surrogate", lambda: "a\ud800b"),
     ("lone surrogate dict key", lambda: {"\udfff": 1}),
     ("int beyond Python's digit limit", lambda: 10**5000),
@@ -102,6 +111,7 @@ BAD_METADATA: list[tuple[Any, type[Exception]]] = [
     ({"ok": object()}, TypeError),
     ({"ok": math.nan}, TypeError),
     ({"ok": {1, 2}}, TypeError),
+    ({"ok": _past_the_nesting_limit()}, TypeError),
 ]
 
 

@@ -121,6 +121,17 @@ def _dns_configuration_error() -> pe.ConfigurationError:
         return exc
 
 
+def _dns_configuration_error_from_none() -> pe.ConfigurationError:
+    """As pymongo before 4.16 raises it: ``from None``, the DNS error left as the context."""
+    try:
+        try:
+            raise dns.resolver.NXDOMAIN()
+        except dns.resolver.NXDOMAIN as dns_error:
+            raise pe.ConfigurationError(str(dns_error)) from None
+    except pe.ConfigurationError as exc:
+        return exc
+
+
 def _bulk(write_errors: list[dict[str, Any]], concern: list[dict[str, Any]] | None = None) -> Any:
     return pe.BulkWriteError(
         {"writeErrors": write_errors, "writeConcernErrors": concern or [], "nInserted": 0}
@@ -155,6 +166,7 @@ MAPPING: list[tuple[type[Exception], Callable[[], Exception], type[Exception]]] 
         DataStoreUnavailable,
     ),
     (pe.ConfigurationError, _dns_configuration_error, DataStoreUnavailable),
+    (pe.ConfigurationError, _dns_configuration_error_from_none, DataStoreUnavailable),
     (pe.ConfigurationError, lambda: pe.ConfigurationError("bad option"), DataStoreError),
     (pe.DocumentTooLarge, lambda: pe.DocumentTooLarge("too large"), ValueError),
     (InvalidDocument, lambda: InvalidDocument("cannot encode object"), ValueError),
