@@ -44,6 +44,10 @@ def _wait_for(port: int, process: subprocess.Popen[str]) -> None:
     raise AssertionError("the service did not start listening")
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _serve(options: list[str], environment: dict[str, str]) -> tuple[str, subprocess.Popen[str]]:
     """``agent-datastore serve`` with ``options`` on a free port: its URL and process, once it
     is listening."""
@@ -54,6 +58,9 @@ def _serve(options: list[str], environment: dict[str, str]) -> tuple[str, subpro
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # the tests stop it with SIGINT and expect 130: a test run started with SIGINT
+        # ignored (nohup, a background job) would pass that on, and uvicorn keeps it ignored
+        preexec_fn=_interruptible,
     )
     try:
         _wait_for(port, process)
