@@ -4,7 +4,8 @@ import tests.
 Each ``agent-datastore`` subprocess opens its own client, so an embedded store cannot carry
 data from one command to the next. This wire-protocol server (mockupdb underneath) keeps items
 in a dict keyed by their unique index, for as long as the test runs, and understands exactly the
-commands that ``export`` and ``import`` send: ``createIndexes``, the ``aggregate`` of
+commands that ``export`` and ``import`` send: ``listIndexes`` (it holds none, so import's
+first use then sends ``createIndexes``), ``createIndexes``, the ``aggregate`` of
 ``count_documents``, a ``find`` sorted by the index, and batches of upserts. Anything else is
 refused, so a change in what those commands send shows up here.
 """
@@ -50,6 +51,8 @@ class StandInServer:
             return False
         if name in ("endSessions", "ping", "createIndexes"):
             request.ok()
+        elif name == "listIndexes":
+            request.ok(cursor={"id": 0, "ns": "standin.items", "firstBatch": []})
         elif name == "aggregate":  # count_documents: [$match, $group {n: $sum 1}]
             count = sum(1 for _ in self._matching(dict(doc["pipeline"][0]["$match"])))
             batch = [{"_id": 1, "n": count}] if count else []
