@@ -123,11 +123,11 @@ def encode(value: Any, level: int) -> EncodedValue:
                 return plain
         return _encode(value, level)
     except RecursionError:
-        if _is_cyclic(value):
-            raise TypeError("Circular reference detected") from None
-        raise TypeError("value is nested too deeply to serialise") from None
+        pass  # the caller's stack ran out first: below, out of the handler, say why
     except UnicodeEncodeError as exc:
         raise TypeError(f"string is not valid Unicode (lone surrogate at {exc.start})") from None
+    _check_depth(value, MAX_VALUE_DEPTH)  # a cycle, or past the limit: what the value is
+    raise TypeError("value is nested too deeply to serialise from this deep a call")
 
 
 # The fast path: a value made only of dicts with plain names, lists, str, int64, finite
@@ -415,21 +415,6 @@ def _too_deep() -> TypeError:
     return TypeError(
         f"value is nested too deeply: more than {MAX_VALUE_DEPTH} levels of lists and dicts"
     )
-
-
-def _is_cyclic(value: Any) -> bool:
-    """Whether ``value`` contains itself, checked without recursion."""
-    stack: list[tuple[Any, frozenset[int]]] = [(value, frozenset())]
-    while stack:
-        node, ancestors = stack.pop()
-        if not isinstance(node, (dict, list, tuple)):
-            continue
-        if id(node) in ancestors:
-            return True
-        inner = ancestors | {id(node)}
-        children = dict.values(node) if isinstance(node, dict) else node
-        stack.extend((child, inner) for child in children)
-    return False
 
 
 def decode(stored: Any) -> Any:

@@ -6,7 +6,9 @@ under each Python from 3.10 to 3.13."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 import agent_datastore
-from agent_datastore import AgentDataStoreProxy, DataStore
+from agent_datastore import AgentDataStoreProxy, DataStore, _codec
 from agent_datastore._codec import MAX_VALUE_DEPTH
 from agent_datastore._serving import FAST_PARSE_VALUES, LARGE_ANSWER_BYTES
 
@@ -197,3 +199,34 @@ def _post(store: RemoteStore, operation: str, content: str) -> httpx.Response:
         "content-type": "application/json",
     }
     return httpx.post(f"{store.url}/v1/{operation}", content=content, headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: nested(90), "from this deep a call"),
+        (lambda: nested(LIMIT + 1), rf"more than {LIMIT} levels"),
+        (lambda: _cyclic(), "Circular reference"),
+    ],
+    ids=["within-the-limit", "past-the-limit", "cyclic"],
+)
+def test_a_caller_without_stack_for_the_value_gets_a_type_error_saying_why(
+    build: Callable[[], Any], message: str
+) -> None:
+    """The encoder recurses along the value's structured part: called with little stack left,
+    it runs out before the value does, and the error says whether the value is at fault."""
+    value = build()
+    frames = len(inspect.stack())
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(frames + 60)  # room for the call, not for 90 levels of the value
+    try:
+        with pytest.raises(TypeError, match=message):
+            _codec.encode(value, 2)
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+def _cyclic() -> Any:
+    loop: list[Any] = []
+    loop.append(loop)
+    return {"a": loop}
