@@ -634,14 +634,6 @@ class Scope:
     # namespace_filter + key + live_query): they are built on every call, and a literal
     # costs a fraction of merging dictionaries. The tests hold them to live_query.
 
-    def agent_filter(self, now: datetime) -> dict[str, Any]:
-        """The live items of this user's agent, in every namespace."""
-        return {
-            "userId": self.user_id,
-            "agentName": self.agent_name,
-            "expiresAt": {"$not": {"$lte": now}},
-        }
-
     def live_namespace_filter(self, now: datetime) -> dict[str, Any]:
         return {
             "userId": self.user_id,

@@ -189,10 +189,6 @@ class LockedCollection:
         with self._lock:
             return self._collection.delete_many(filter)
 
-    def distinct(self, key: str, filter: Mapping[str, Any], **_: Any) -> list[Any]:
-        with self._lock:
-            return list(self._collection.distinct(key, filter))
-
     def create_index(self, keys: Any, **kwargs: Any) -> str:
         with self._lock:
             return str(self._collection.create_index(keys, **kwargs))
@@ -271,9 +267,6 @@ class AsyncLockedCollection:
 
     async def delete_many(self, *args: Any, **kwargs: Any) -> Any:
         return self._collection.delete_many(*args, **kwargs)
-
-    async def distinct(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return self._collection.distinct(*args, **kwargs)
 
     async def aggregate(self, *args: Any, **kwargs: Any) -> _DocumentList:
         """As ``AsyncCollection.aggregate``: a coroutine whose result is the cursor."""

@@ -193,10 +193,6 @@ class InstantCollection:
         self._remember("delete_many", args, kwargs)
         return _Deleted()
 
-    def distinct(self, *args: Any, **kwargs: Any) -> list:
-        self._remember("distinct", args, kwargs)
-        return ["default", "other"]
-
     def aggregate(self, *args: Any, **kwargs: Any) -> list:
         """list_namespaces: each namespace and the expiry of its first item (none: live)."""
         self._remember("aggregate", args, kwargs)
@@ -216,8 +212,6 @@ class InstantCollection:
             return {"cursor": {"firstBatch": list(self.find(*args, **kwargs)), "id": 0}}
         if name in ("find_one_and_update", "find_one_and_delete"):
             return {"value": getattr(self, name)(*args, **kwargs), "ok": 1.0}
-        if name == "distinct":
-            return {"values": ["default", "other"], "ok": 1.0}
         if name == "aggregate":
             return {"cursor": {"firstBatch": self.aggregate(*args, **kwargs), "id": 0}, "ok": 1.0}
         return {"n": 1, "nModified": 1, "ok": 1.0}
@@ -252,8 +246,6 @@ class InstantCollection:
                 "delete": "items",
                 "deletes": [{"q": args[0], "limit": limit, "collation": collation}],
             }
-        if name == "distinct":
-            return {"distinct": "items", "key": args[0], "query": args[1], "collation": collation}
         if name == "aggregate":
             cursor = {"batchSize": kwargs["batchSize"]} if kwargs.get("batchSize") else {}
             return {

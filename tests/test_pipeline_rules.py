@@ -146,14 +146,12 @@ def test_the_scope_filters_are_the_namespace_the_key_and_live_query() -> None:
         "item": {**base, "key": "k"},
         "live item": {**base, "key": "k", **live},
         "namespace": {**base, **live},
-        "agent": {"userId": "user", "agentName": "agent", **live},
         "many": {**base, "key": {"$in": ["a", "b"]}, **live},
     }
     built = {
         "item": scope.item_filter("k"),
         "live item": scope.live_item_filter("k", NOW),
         "namespace": scope.live_namespace_filter(NOW),
-        "agent": scope.agent_filter(NOW),
         "many": scope.many_filter(["a", "b"], NOW),
     }
     for name, query in built.items():

@@ -47,7 +47,6 @@ class WireServer:
     commands: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     find_batches: list[list[dict[str, Any]]] = field(default_factory=list)
-    distinct_values: list[Any] = field(default_factory=list)
     # the batches of the next aggregate's cursor: the first in its reply, the others one per
     # getMore
     aggregate_batches: list[list[dict[str, Any]]] = field(default_factory=list)
@@ -173,8 +172,6 @@ class WireServer:
             before = self.found_and_modified.pop(0) if self.found_and_modified else None
             found = {"n": 1, "updatedExisting": before is not None}
             return {"ok": 1, "value": before, "lastErrorObject": found}
-        if name == "distinct":
-            return {"ok": 1, "values": self.distinct_values}
         if name == "listIndexes":
             return {"ok": 1, "cursor": {"id": 0, "ns": namespace, "firstBatch": self.indexes}}
         return {"ok": 1}
