@@ -236,7 +236,7 @@ def test_without_a_uri_the_embedded_store_is_used_with_a_warning(
 def test_on_a_terminal_destructive_commands_ask_first(
     store: DataStore, monkeypatch: pytest.MonkeyPatch, answer: str, exit_code: int, left: int
 ) -> None:
-    monkeypatch.setattr("agent_datastore.cli._on_terminal", lambda: True)
+    monkeypatch.setattr("agent_datastore.cli._base._on_terminal", lambda: True)
     result = run(store, "delete", "ada", "indexer", "config", input=answer)
     assert result.exit_code == exit_code
     assert "Delete 'config' from ada/indexer/default? [y/N]" in result.stderr
