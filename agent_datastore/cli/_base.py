@@ -75,6 +75,13 @@ def _store(ctx: click.Context) -> DataStore:
     return store
 
 
+def _opens_new_embedded_store(ctx: click.Context) -> bool:
+    """Whether the command would run on a new, empty in-memory store of its own: no --uri, no
+    $AGENT_DATASTORE_URI, and not inside a shell session (whose store outlives each line)."""
+    state: dict[str, Any] = ctx.ensure_object(dict)
+    return state.get("store") is None and not state.get("uri")
+
+
 def _json_flag(command: _F) -> _F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text."
