@@ -25,6 +25,7 @@ import as it was before.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,11 +38,12 @@ from pymongo.errors import BulkWriteError
 
 from . import _codec, _core
 from . import _operations as ops
-from ._exceptions import translate_driver_errors
+from ._exceptions import DataStoreError, DataStoreUnavailable, translate_driver_errors
 from ._operations import index_conflicts
 from ._store import DataStore
 
 __all__ = [
+    "MAX_LINE_BYTES",
     "ImportReport",
     "agents",
     "count_items",
@@ -285,22 +287,40 @@ def export_lines(
             yield line, None
 
 
+MAX_LINE_BYTES = 6 * _core.MAX_DOCUMENT_BYTES + 2**20
+"""The longest line ``import`` reads whole, in bytes: more than any export line can be, so
+that a longer one is rejected without being held. An item is at most one 16 MiB document,
+and an export line spells no stored byte in more than six (``\\u0001`` for a control
+character); the extra MiB is room for the line's field names and punctuation."""
+
+
 @dataclass
 class ImportReport:
-    """What ``import_items`` did: items written, and lines refused (each reported as it
-    happens to ``on_reject``)."""
+    """What ``import_items`` did so far. Lines refused are reported one by one to
+    ``on_reject`` as they are met, never kept here.
+
+    ``lines_done`` is the number of the last input line up to which every line is written,
+    rejected or skipped (at least the ``skip`` asked for): after a failure, the same input
+    with ``skip=lines_done`` resumes the import (the batch that failed is written again,
+    which is harmless: an import is idempotent). ``skipped`` counts the lines skipped.
+    """
 
     imported: int = 0
     rejected: int = 0
+    skipped: int = 0
+    lines_done: int = 0
 
 
 def _parse_date(text: object, name: str) -> datetime:
     if not isinstance(text, str):
-        raise TypeError(f"{name} must be an ISO 8601 string")
+        raise TypeError(f"{name} must be an ISO 8601 string, not {type(text).__name__}")
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"{name} must carry a time zone (Z for UTC)")
-    moment = moment.astimezone(timezone.utc)
+    try:
+        moment = moment.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise ValueError(f"{name} {text!r} is outside the years 1 to 9999 in UTC") from None
     return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
 
 
@@ -340,21 +360,61 @@ def _restore(store: DataStore, record: object) -> tuple[dict[str, Any], dict[str
     return scope.item_filter(key), {"$set": document}
 
 
+_REASON_CHARS = 1_000  # a reason may quote the line: each report stays one readable line
+
+
+def _reason(exc: Exception) -> str:
+    """Why a line was rejected, in one line of bounded length."""
+    if isinstance(exc, RecursionError):
+        text = "nested too deeply to parse"
+    elif isinstance(exc, (TypeError, ValueError)) and str(exc):
+        text = str(exc)  # the store's own messages, and json's and the codec's, say it all
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.splitlines())
+    return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS] + "..."
+
+
 def import_items(
     store: DataStore,
-    lines: Iterable[tuple[int, str | bytes]],
+    lines: Iterable[tuple[int, str | bytes | Exception]],
     batch_size: int = 500,
     on_reject: Callable[[int, str], None] | None = None,
+    *,
+    skip: int = 0,
+    user_id: str | None = None,
+    agent_name: str | None = None,
 ) -> Iterator[ImportReport]:
     """Write export records back, ``batch_size`` items per bulk write.
 
-    ``lines`` gives (line number, text or UTF-8 bytes). Each item replaces its value, metadata
-    and timestamps, so importing the same file twice gives the same state. A line that does
-    not decode, parse or validate, or that the server refuses, is passed to ``on_reject`` with
-    its number and the reason, and skipped; nothing about it is kept, so memory stays flat.
-    Yields the running report after each batch (for progress); the last one is the total.
+    ``lines`` gives (line number, text or UTF-8 bytes), or (line number, an exception) for a
+    line the reader could not take (one too long to hold, say). Each item replaces its value,
+    metadata and timestamps, so importing the same file twice gives the same state. The
+    first ``skip`` lines are passed over unread. With ``user_id`` (and ``agent_name``), a line
+    of any other user (or agent) is rejected, so a file said to be one user's export cannot
+    change another's items.
+
+    Any failure of one line, whatever the exception, rejects that line alone: it is passed to
+    ``on_reject`` with its number and the reason, nothing about it is kept (memory stays
+    flat), and the import goes on. Only the database stops an import: ``DataStoreUnavailable``
+    or ``DataStoreError`` is raised, and the report last yielded, which is one object updated
+    in place, says what was written and the ``lines_done`` to skip to resume. An exception
+    raised by ``lines`` itself (the input broke off) is raised too, after the lines read before
+    it are written. Yields the report first, before anything is read or written, then again
+    after each batch: the last one is the total.
     """
-    report = ImportReport()
+    if type(batch_size) is not int or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+    if type(skip) is not int or skip < 0:
+        raise ValueError(f"skip must be a whole number, not {skip!r}")
+    _scope_filter(user_id, agent_name)  # checks the names, and that an agent has its user
+    outside = None
+    if user_id is not None:
+        outside = f"outside --user {shlex.quote(user_id)}"
+        if agent_name is not None:
+            outside += f" --agent {shlex.quote(agent_name)}"
+    report = ImportReport(lines_done=skip)
+    yield report  # the one report, before anything can fail
     batch: list[UpdateOne] = []
     batch_lines: list[int] = []
     store.ensure_indexes()
@@ -364,39 +424,84 @@ def import_items(
         if on_reject is not None:
             on_reject(number, reason)
 
-    def flush() -> None:
-        if not batch:
-            return
-        failed: list[dict[str, Any]] = []
+    def write(requests: list[UpdateOne]) -> list[tuple[int, str]]:
+        """One bulk write; the items the server refused, by index, with its reason."""
         with translate_driver_errors():
             try:
-                _collection(store).bulk_write(batch, ordered=False)
+                _collection(store).bulk_write(requests, ordered=False)
             except BulkWriteError as exc:
                 details = exc.details or {}
                 failed = details.get("writeErrors") or []
                 if not failed or details.get("writeConcernErrors"):
                     raise
-        for error in failed:
-            reject(batch_lines[error["index"]], f"refused by the server: {error.get('errmsg')}")
-        report.imported += len(batch) - len(failed)
-        batch.clear()
-        batch_lines.clear()
+                return [(e["index"], f"refused by the server: {e.get('errmsg')}") for e in failed]
+        return []
 
-    for number, raw in lines:
+    def flush(last_number: int) -> None:
+        if batch:
+            try:
+                refused = write(batch)
+            except (DataStoreUnavailable, DataStoreError):
+                raise  # the database failed: the import stops here
+            except Exception:
+                # one item that validation let through and the driver cannot send (a bug):
+                # write the batch one item at a time, so that only that item is lost
+                refused = []
+                for index, request in enumerate(batch):
+                    try:
+                        refused += [(index, reason) for _, reason in write([request])]
+                    except (DataStoreUnavailable, DataStoreError):
+                        raise
+                    except Exception as exc:
+                        refused.append((index, _reason(exc)))
+            for index, reason in refused:
+                reject(batch_lines[index], reason)
+            report.imported += len(batch) - len(refused)
+            batch.clear()
+            batch_lines.clear()
+        report.lines_done = max(report.lines_done, last_number)
+
+    last_number = 0
+    numbered = iter(lines)
+    while True:
         try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-            if not text.strip():
-                continue
-            item_filter, update = _restore(store, json.loads(text))
-        except (TypeError, ValueError) as exc:  # decode and JSON errors are ValueErrors
-            reject(number, str(exc))
+            entry = next(numbered, None)
+        except Exception:
+            flush(last_number)  # the input broke off: what was read before is good
+            raise
+        if entry is None:
+            break
+        number, raw = entry
+        last_number = number
+        if number <= skip:
+            report.skipped += 1
             continue
-        batch.append(UpdateOne(item_filter, update, upsert=True, collation=_SIMPLE))
-        batch_lines.append(number)
-        if len(batch) >= batch_size:
-            flush()
-            yield report
-    flush()
+        request = None
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a byte order mark some editors add
+            if text.strip():
+                item_filter, update = _restore(store, json.loads(text))
+                if outside is not None and (
+                    item_filter["userId"] != user_id
+                    or (agent_name is not None and item_filter["agentName"] != agent_name)
+                ):
+                    raise ValueError(outside)
+                request = UpdateOne(item_filter, update, upsert=True, collation=_SIMPLE)
+        except Exception as exc:  # whatever one line does, it costs that line only
+            reject(number, _reason(exc))
+        if request is not None:
+            batch.append(request)
+            batch_lines.append(number)
+            if len(batch) >= batch_size:
+                flush(number)
+                yield report
+        elif not batch:
+            report.lines_done = number
+    flush(last_number)
     yield report
 
 

@@ -1,16 +1,141 @@
-"""``export`` and ``import``: moving items to and from JSON Lines files."""
+"""``export`` and ``import``: moving items to and from JSON Lines files, plain or gzip."""
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
+import contextlib
+import gzip
+import io
+import json
+import os
+import secrets
+import stat
+import sys
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import click
 
 from .. import admin
-from ._base import EXIT_REFUSED, _items, _json_flag, _print_json, _progress, _store, cli
+from .._exceptions import DataStoreError, DataStoreUnavailable
+from ._base import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CommandError,
+    _items,
+    _json_flag,
+    _opens_new_embedded_store,
+    _print_json,
+    _progress,
+    _store,
+    cli,
+)
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Other compressions a backup may have been put through: named, rather than read as lines of
+# garbage. Import reads plain and gzip files only.
+_OTHER_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_MAGIC_BYTES = 6  # enough of the input's start to tell all of them apart
+# How much of a line too long to import is read at a time while it is skipped.
+_SKIP_CHUNK = 1 << 20
+# gzip(1)'s own default: level 9 is several times slower for a few percent less.
+_GZIP_LEVEL = 6
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
+
+
+def _naming(exc: OSError, path: str) -> OSError:
+    """The same error, about the path the user gave (not a temporary or resolved one)."""
+    return OSError(exc.errno, exc.strerror or str(exc), path)
+
+
+class _ExportTarget:
+    """Where an export goes. A file is written under a temporary name beside it, flushed to
+    disk, and only then renamed over it (``os.replace`` is atomic), keeping the permission
+    bits of the file it replaces (a backup may be private); a new file gets the umask's.
+    Standard output (``-``) and what is not a regular file (``/dev/null``, a pipe) are written
+    directly."""
+
+    def __init__(self, output: str) -> None:
+        self.temporary: str | None = None
+        self.replaces_file = False
+        self._owned = output != "-"
+        if output == "-":
+            self.file: IO[bytes] = sys.stdout.buffer
+            return
+        # through a symbolic link, the file it points to is replaced and the link kept
+        self.path = os.path.realpath(output)
+        try:
+            mode: int | None = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            self.file = open(self.path, "wb")  # noqa: SIM115  # closed by commit or discard
+            return
+        directory, name = os.path.split(self.path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        while True:
+            temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
+            try:
+                # 0o666 less the umask, as open() gives any new file
+                descriptor = os.open(temporary, flags, 0o666)
+                break
+            except FileExistsError:
+                continue
+        self.temporary = temporary
+        self.file = os.fdopen(descriptor, "wb")
+        if mode is not None:
+            os.chmod(temporary, stat.S_IMODE(mode))
+            self.replaces_file = True
+
+    def replaces_data(self) -> bool:
+        """Whether the export would replace a file that holds anything: any byte, unless it is
+        a gzip stream of nothing (an earlier empty export with --gzip)."""
+        if not self.replaces_file:
+            return False
+        with open(self.path, "rb") as existing:
+            start = existing.read(len(GZIP_MAGIC))
+            if start != GZIP_MAGIC:
+                return start != b""
+            existing.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=existing, mode="rb") as unpacked:
+                    return unpacked.read(1) != b""
+            except (OSError, EOFError, zlib.error):
+                return True  # damaged, but whatever it holds is not ours to throw away
+
+    def commit(self) -> None:
+        self.file.flush()
+        if self.temporary is None:
+            if self._owned:
+                self.file.close()
+            return
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temporary, self.path)
+        self.temporary = None
+        # the rename itself must reach the disk, or a crash could bring the old file back
+        with contextlib.suppress(OSError, AttributeError):
+            directory = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def discard(self) -> None:
+        if self._owned:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        if self.temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temporary)
+            self.temporary = None
 
 
 @cli.command(name="export")
@@ -24,6 +149,10 @@ from ._base import EXIT_REFUSED, _items, _json_flag, _print_json, _progress, _st
     type=click.Path(dir_okay=False, allow_dash=True),
     help="The JSON Lines file to write, or - for standard output.",
 )
+@click.option("--gzip", "compress", is_flag=True, help="Compress the output with gzip.")
+@click.option(
+    "--force", is_flag=True, help="Replace a non-empty file even with an export of no items."
+)
 @_json_flag
 @click.pass_context
 def export_(
@@ -32,23 +161,62 @@ def export_(
     agent: str | None,
     namespace: str | None,
     output: str,
+    compress: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
-    """Write items as JSON Lines (all, or one scope's)."""
+    """Write items as JSON Lines (all, or one scope's).
+
+    The file is replaced only once the export is complete (it is written beside it, then
+    renamed), and keeps its permissions. An export of no items leaves a non-empty file as it
+    was and exits 1 (nothing found), unless --force. Without --uri or AGENT_DATASTORE_URI
+    there is no store to export: exit 2.
+    """
+    if _opens_new_embedded_store(ctx):
+        raise CommandError(
+            "nothing to export: without --uri or AGENT_DATASTORE_URI the store would be a "
+            "new, empty one in memory; name the store to export with --uri URI or "
+            "AGENT_DATASTORE_URI=URI",
+            EXIT_USAGE,
+        )
     store = _store(ctx)
     total = admin.count_items(store, user, agent, namespace)
     written, skipped = 0, 0
-    # atomic: a failed export never leaves a partial file under the final name
-    out_file = click.open_file(output, "w", encoding="utf-8", atomic=output != "-")
-    with out_file as out, _progress(total, "export") as bar:
-        for line, problem in admin.export_lines(store, user, agent, namespace):
-            if line is None:
-                click.echo(f"agent-datastore: skipped {problem}", err=True)
-                skipped += 1
-            else:
-                out.write(line + "\n")
-                written += 1
-            bar.update(1)
+    try:
+        target = _ExportTarget(output)
+    except OSError as exc:
+        raise _naming(exc, output) from exc
+    try:
+        out: IO[bytes] | gzip.GzipFile = target.file
+        if compress:
+            # no name or time in the header: the same items give the same bytes
+            out = gzip.GzipFile(
+                filename="", fileobj=target.file, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0
+            )
+        with _progress(total, "export") as bar:
+            for line, problem in admin.export_lines(store, user, agent, namespace):
+                if line is None:
+                    click.echo(f"agent-datastore: skipped {problem}", err=True)
+                    skipped += 1
+                else:
+                    out.write(line.encode("utf-8") + b"\n")
+                    written += 1
+                bar.update(1)
+        if compress:
+            out.close()  # writes the gzip trailer; the file stays open
+        if written == 0 and not force and target.replaces_data():
+            raise CommandError(
+                f"the export holds no items: {output} was left as it was "
+                "(--force replaces it with an empty export)",
+                EXIT_NOT_FOUND,
+            )
+        target.commit()
+    except OSError as exc:
+        target.discard()
+        raise _naming(exc, output) from exc
+    except BaseException:
+        target.discard()
+        raise
     report = {"exported": written, "skipped": skipped, "file": output}
     if output != "-":
         text = f"exported {_items(written)} to {output}"
@@ -59,12 +227,86 @@ def export_(
         ctx.exit(EXIT_REFUSED)
 
 
-def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, bytes]]:
-    # bytes: a line that is not UTF-8 is rejected by its number, not fatal to the import
-    with click.open_file(path, "rb") as lines:
-        for number, line in enumerate(lines, start=1):
-            bar.update(len(line))
-            yield number, line
+class _UnreadableInput(Exception):
+    """The input could not be read past a line: a read error, a truncated gzip stream."""
+
+    def __init__(self, after_line: int, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.after_line = after_line
+
+
+class _CountedSource(io.RawIOBase):
+    """A binary stream's bytes as they are read, each chunk counted into the progress bar:
+    for a gzip file, the compressed bytes, which its size measures."""
+
+    def __init__(self, source: IO[bytes], on_read: Callable[[int], object]) -> None:
+        # read1 returns what is there: a slow producer on a pipe is read as it writes
+        self._read: Callable[[int], bytes] = getattr(source, "read1", source.read)
+        self._on_read = on_read
+        self._first = True
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any, /) -> int:
+        data = self._read(len(buffer))
+        # the first read holds the magic bytes whenever the input is that long, so that one
+        # peek tells gzip from text even when a pipe delivers a byte at a time
+        while self._first and 0 < len(data) < _MAGIC_BYTES:
+            more = self._read(len(buffer) - len(data))
+            if not more:
+                break
+            data += more
+        self._first = False
+        buffer[: len(data)] = data
+        self._on_read(len(data))
+        return len(data)
+
+
+def _numbered_lines(
+    stream: io.BufferedIOBase, limit: int
+) -> Iterator[tuple[int, bytes | Exception]]:
+    """Each line with its number; a line over ``limit`` bytes is given as the error saying
+    so, and is skipped in chunks without ever being held whole."""
+    number = 0
+    while True:
+        try:
+            line = stream.readline(limit + 1)
+            if not line:
+                return
+            number += 1
+            entry: bytes | Exception = line
+            if len(line) > limit and not line.endswith(b"\n"):
+                entry = ValueError(
+                    f"longer than {limit:,} bytes, more than any export line can be: skipped"
+                )
+                while line and not line.endswith(b"\n"):
+                    line = stream.readline(_SKIP_CHUNK)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _UnreadableInput(number, exc) from exc
+        yield number, entry
+
+
+def _open_input(
+    path: str, stack: contextlib.ExitStack, on_read: Callable[[int], object]
+) -> io.BufferedIOBase:
+    """The input as bytes, decompressed if it is gzip; other compressions are refused."""
+    if path == "-":
+        source: IO[bytes] = sys.stdin.buffer
+    else:
+        source = stack.enter_context(open(path, "rb"))  # noqa: SIM115  # the stack closes it
+    buffered = stack.enter_context(io.BufferedReader(_CountedSource(source, on_read), 1 << 16))
+    start = buffered.peek(_MAGIC_BYTES)[:_MAGIC_BYTES]  # looked at, not consumed
+    if start.startswith(GZIP_MAGIC):
+        return stack.enter_context(gzip.GzipFile(fileobj=buffered, mode="rb"))
+    for magic, name in _OTHER_MAGIC.items():
+        if start.startswith(magic):
+            raise CommandError(
+                f"{path} is compressed with {name}: import reads plain or gzip files; "
+                "decompress it into import's standard input (import -)",
+                EXIT_USAGE,
+            )
+    return buffered
 
 
 @cli.command(name="import")
@@ -76,30 +318,106 @@ def _numbered_lines(path: str, bar: Any) -> Iterator[tuple[int, bytes]]:
     type=click.IntRange(1, 100_000),
     help="Items per bulk write.",
 )
+@click.option(
+    "--skip",
+    default=0,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Skip the first N lines (to resume an import that stopped).",
+)
+@click.option("--user", "user_id", metavar="USER", help="Reject the lines of any other user.")
+@click.option(
+    "--agent", "agent_name", metavar="AGENT", help="With --user: reject any other agent's lines."
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False),
+    help="Write rejected lines as JSON Lines to this file instead of stderr.",
+)
 @_json_flag
 @click.pass_context
-def import_(ctx: click.Context, file: str, batch_size: int, as_json: bool) -> None:
-    """Read items from a JSON Lines export (idempotent).
+def import_(
+    ctx: click.Context,
+    file: str,
+    batch_size: int,
+    skip: int,
+    user_id: str | None,
+    agent_name: str | None,
+    rejects: str | None,
+    as_json: bool,
+) -> None:
+    """Read items from a JSON Lines export, plain or gzip (idempotent).
 
-    FILE is a file written by export, or - for standard input. Lines that cannot be imported
-    are reported on stderr by number as they are met; the others are imported.
+    FILE is a file written by export, or - for standard input; gzip is recognized by its
+    first bytes. A line that cannot be imported is rejected, reported by its number as it is
+    met, and the import goes on (exit 4). Only a database failure stops it, saying how many
+    items were written and the --skip that resumes it.
     """
-    store = _store(ctx)
-    size = Path(file).stat().st_size if file != "-" else 0
-    rejected: list[dict[str, Any]] = []
+    if agent_name is not None and user_id is None:
+        raise click.UsageError("--agent needs --user", ctx)
+    with contextlib.ExitStack() as stack:
+        sink = None
+        if rejects is not None:
+            try:
+                sink = stack.enter_context(
+                    open(rejects, "w", encoding="utf-8", errors="backslashreplace", buffering=1)
+                )
+            except OSError as exc:
+                raise _naming(exc, rejects) from exc
 
-    def on_reject(number: int, reason: str) -> None:
-        click.echo(f"agent-datastore: {file}:{number}: {reason}", err=True)
-        if as_json:
-            rejected.append({"line": number, "reason": reason})
+        def on_reject(number: int, reason: str) -> None:
+            if sink is None and not as_json:
+                click.echo(f"agent-datastore: {file}:{number}: {reason}", err=True)
+                return
+            entry = json.dumps({"line": number, "reason": reason}, ensure_ascii=False)
+            if sink is not None:
+                sink.write(entry + "\n")
+            else:
+                click.echo(entry, err=True)
 
-    with _progress(size, "import") as bar:
-        lines = _numbered_lines(file, bar)
-        # the running reports only drive the progress bar; the last one is the total
-        (report,) = deque(admin.import_items(store, lines, batch_size, on_reject), 1)
+        store = _store(ctx)
+        size = Path(file).stat().st_size if file != "-" else 0
+        bar = stack.enter_context(_progress(size, "import"))
+        stream = _open_input(file, stack, bar.update)
+        imports = admin.import_items(
+            store,
+            _numbered_lines(stream, admin.MAX_LINE_BYTES),
+            batch_size,
+            on_reject,
+            skip=skip,
+            user_id=user_id,
+            agent_name=agent_name,
+        )
+        report = admin.ImportReport(lines_done=skip)
+
+        def stop(reason: str, exit_code: int) -> NoReturn:
+            written = f"the import stopped after writing {_items(report.imported)}"
+            if report.lines_done > 0:
+                written += f"; run it again with --skip {report.lines_done} to resume"
+            if as_json:
+                summary = {"imported": report.imported, "rejected": report.rejected}
+                _print_json({**summary, "error": reason, "resume_skip": report.lines_done})
+            raise CommandError(f"{reason}; {written}", exit_code)
+
+        try:
+            # import_items updates one report in place: after a failure it still tells
+            # what was written and where to resume
+            for report in imports:  # noqa: B007
+                pass
+        except DataStoreUnavailable as exc:
+            stop(exc.detail, EXIT_UNAVAILABLE)
+        except DataStoreError as exc:
+            stop(exc.detail, EXIT_REFUSED)
+        except KeyboardInterrupt:
+            stop("interrupted", EXIT_INTERRUPTED)
+        except _UnreadableInput as exc:
+            stop(f"{file}: cannot read past line {exc.after_line} ({exc})", EXIT_USAGE)
     if as_json:
-        _print_json({"imported": report.imported, "rejected": rejected})
+        _print_json(
+            {"imported": report.imported, "rejected": report.rejected, "skipped": report.skipped}
+        )
     else:
-        click.echo(f"imported {_items(report.imported)}, rejected {report.rejected} lines")
+        text = f"imported {_items(report.imported)}, rejected {_lines(report.rejected)}"
+        click.echo(text + (f", skipped {_lines(report.skipped)}" if skip else ""))
     if report.rejected:
         ctx.exit(EXIT_REFUSED)
