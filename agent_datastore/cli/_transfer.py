@@ -8,6 +8,7 @@ import io
 import json
 import os
 import secrets
+import shlex
 import stat
 import sys
 import zlib
@@ -147,6 +148,7 @@ class _ExportTarget:
     "-o",
     required=True,
     type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
     help="The JSON Lines file to write, or - for standard output.",
 )
 @click.option("--gzip", "compress", is_flag=True, help="Compress the output with gzip.")
@@ -167,10 +169,11 @@ def export_(
 ) -> None:
     """Write items as JSON Lines (all, or one scope's).
 
-    The file is replaced only once the export is complete (it is written beside it, then
-    renamed), and keeps its permissions. An export of no items leaves a non-empty file as it
-    was and exits 1 (nothing found), unless --force. Without --uri or AGENT_DATASTORE_URI
-    there is no store to export: exit 2.
+    FILE is replaced only once the export is complete (it is written beside FILE, then
+    renamed over it), and keeps its permissions. An export of no items is "not found": it
+    leaves a non-empty FILE as it was and exits 1, unless --force. Without --uri or
+    AGENT_DATASTORE_URI there is nothing to export (the store would be a new, empty one in
+    memory): exit 2.
     """
     if _opens_new_embedded_store(ctx):
         raise CommandError(
@@ -301,9 +304,13 @@ def _open_input(
         return stack.enter_context(gzip.GzipFile(fileobj=buffered, mode="rb"))
     for magic, name in _OTHER_MAGIC.items():
         if start.startswith(magic):
+            if path == "-":
+                fix = f"put {name} -dc before it in the pipe"
+            else:
+                fix = f"{name} -dc {shlex.quote(path)} | agent-datastore import -"
             raise CommandError(
-                f"{path} is compressed with {name}: import reads plain or gzip files; "
-                "decompress it into import's standard input (import -)",
+                f"{'standard input' if path == '-' else path} is compressed with {name}, "
+                f"and import reads plain or gzip files: {fix}",
                 EXIT_USAGE,
             )
     return buffered
@@ -346,10 +353,10 @@ def import_(
     rejects: str | None,
     as_json: bool,
 ) -> None:
-    """Read items from a JSON Lines export, plain or gzip (idempotent).
+    """Read items from a JSON Lines export (idempotent).
 
-    FILE is a file written by export, or - for standard input; gzip is recognized by its
-    first bytes. A line that cannot be imported is rejected, reported by its number as it is
+    FILE is a file written by export, or - for standard input, plain or gzip (recognized by
+    its first bytes). A line that cannot be imported is rejected, reported by its number as it is
     met, and the import goes on (exit 4). Only a database failure stops it, saying how many
     items were written and the --skip that resumes it.
     """
