@@ -553,7 +553,7 @@ def test_text_rejects_and_the_grammar_of_counts(target: DataStore, tmp_path: Pat
 class FailingBulkWrite:
     """The store's collection, but its second bulk write fails."""
 
-    def __init__(self, collection: Any, error: Exception) -> None:
+    def __init__(self, collection: Any, error: BaseException) -> None:
         self._collection = collection
         self._error = error
         self.calls = 0
@@ -607,6 +607,20 @@ def test_a_database_failure_stops_the_import_and_says_where_to_resume(
     assert resumed.exit_code == 4  # line 5 again
     assert resumed.stdout == "imported 7 items, rejected 1 line, skipped 3 lines\n"
     assert target.proxy("ada", "indexer").list_keys() == [f"k{i:02d}" for i in range(1, 11)]
+
+
+def test_ctrl_c_during_an_import_says_where_to_resume(
+    target: DataStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dump = write_lines(tmp_path / "items.jsonl", [line(f"k{i}") for i in range(6)])
+    interrupted = FailingBulkWrite(target._target, KeyboardInterrupt())
+    monkeypatch.setattr(target, "_target", interrupted)
+    result = run(target, "import", str(dump), "--batch-size", "2")
+    assert result.exit_code == 130
+    assert result.stderr == (
+        "agent-datastore: interrupted; the import stopped after writing 2 items; "
+        "run it again with --skip 2 to resume\n"
+    )
 
 
 def test_a_database_stop_under_json_prints_the_resume_point(

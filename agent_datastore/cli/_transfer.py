@@ -90,10 +90,14 @@ class _ExportTarget:
             except FileExistsError:
                 continue
         self.temporary = temporary
-        self.file = os.fdopen(descriptor, "wb")
-        if mode is not None:
-            os.chmod(temporary, stat.S_IMODE(mode))
-            self.replaces_file = True
+        try:
+            self.file = os.fdopen(descriptor, "wb")
+            if mode is not None:
+                os.chmod(temporary, stat.S_IMODE(mode))
+                self.replaces_file = True
+        except BaseException:
+            self.discard()
+            raise
 
     def replaces_data(self) -> bool:
         """Whether the export would replace a file that holds anything: any byte, unless it is
