@@ -218,31 +218,29 @@ def delete(
     found = admin.existing_keys(store, user, agent, keys, namespace)
     found_set = set(found)
     missing = [key for key in dict.fromkeys(keys) if key not in found_set]
-    deleted = 0
-    if found:
-        question = (
-            f"Delete {found[0]!r} from {where}?"
-            if len(found) == 1
-            else f"Delete {_items(len(found))} from {where}: {_key_names(found)}?"
-        )
-        _confirm(question, yes)
-        # only what was asked about: a missing key written meanwhile was not confirmed
-        deleted = store.proxy(user, agent, namespace).delete_many(found)
+    if not found:
+        if as_json:
+            _print_json({"deleted": 0, "missing": missing})
+            ctx.exit(EXIT_NOT_FOUND)
+        raise CommandError(_no_keys(missing, where), EXIT_NOT_FOUND)
+    if missing and not as_json:  # before the question, so that the answer is informed
+        click.echo(f"agent-datastore: {_no_keys(missing, where)}", err=True)
+    question = (
+        f"Delete {found[0]!r} from {where}?"
+        if len(found) == 1
+        else f"Delete {_items(len(found))} from {where}: {_key_names(found)}?"
+    )
+    _confirm(question, yes)
+    # only what was asked about: a missing key written meanwhile was not confirmed
+    deleted = store.proxy(user, agent, namespace).delete_many(found)
     if as_json:
         _print_json({"deleted": deleted, "missing": missing})
-        if not deleted:
-            ctx.exit(EXIT_NOT_FOUND)
-        return
-    if not found:
-        raise CommandError(_no_keys(missing, where), EXIT_NOT_FOUND)
-    if missing:
-        click.echo(f"agent-datastore: {_no_keys(missing, where)}", err=True)
-    if not deleted:  # all deleted by someone else between the look and the delete
-        raise CommandError(f"{_no_keys(found, where)} any more", EXIT_NOT_FOUND)
-    if deleted < len(found):  # some deleted by someone else between the look and the delete
+    elif deleted == len(found):
+        click.echo(f"deleted {_items(deleted)}: {_key_names(found)}")
+    else:  # deleted by someone else between the look and the delete
         click.echo(f"deleted {_items(deleted)} of {_key_names(found)}; the rest were gone")
-        return
-    click.echo(f"deleted {_items(deleted)}: {_key_names(found)}")
+    if not deleted:
+        ctx.exit(EXIT_NOT_FOUND)
 
 
 @cli.command()
