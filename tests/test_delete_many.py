@@ -4,9 +4,17 @@ same key rules as ``get_many``, and the same idea of "existed" as ``delete``."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
-from agent_datastore import AgentDataStoreProxy, DataStore
+from agent_datastore import (
+    AgentDataStoreProxy,
+    AsyncAgentDataStoreProxy,
+    AsyncRemoteDataStoreProxy,
+    DataStore,
+    RemoteDataStoreProxy,
+)
 
 from .helpers import MovableClock, snapshot
 
@@ -132,3 +140,33 @@ def test_a_key_list_over_the_command_limit_is_refused_by_name(
     with pytest.raises(ValueError, match="delete_many of 17000 keys needs a"):
         data_store.delete_many([f"{i:01000d}" for i in range(17_000)])
     assert snapshot(store) == before
+
+
+PROXIES = [
+    AgentDataStoreProxy,
+    AsyncAgentDataStoreProxy,
+    RemoteDataStoreProxy,
+    AsyncRemoteDataStoreProxy,
+]
+
+
+def _methods(proxy_class: type) -> dict[str, list[inspect.Parameter]]:
+    """Each public method's parameters (return types differ by design: a twin returns its
+    own kind of proxy and iterator)."""
+    closing = {"close", "aclose"}  # only the remote proxies own an HTTP client
+    return {
+        name: list(inspect.signature(member).parameters.values())
+        for name, member in inspect.getmembers(proxy_class, inspect.isfunction)
+        if not name.startswith("_") and name not in closing
+    }
+
+
+def test_the_four_proxies_have_the_same_methods_and_signatures() -> None:
+    local = _methods(AgentDataStoreProxy)
+    assert "delete_many" in local
+    for proxy_class in PROXIES[1:]:
+        assert _methods(proxy_class) == local, proxy_class.__name__
+    for proxy_class in PROXIES:
+        # the async twins' database calls are coroutines; use_namespace and iter_keys are not
+        asynchronous = proxy_class.__name__.startswith("Async")
+        assert inspect.iscoroutinefunction(proxy_class.delete_many) is asynchronous
