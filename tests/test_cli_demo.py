@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import agent_datastore
 from agent_datastore import connect
 from agent_datastore.cli import main
 from agent_datastore.demo import SAMPLE_REPOSITORY, index_repository, search_repository
@@ -77,7 +78,7 @@ def test_python_dash_m_reports_the_version() -> None:
         [sys.executable, "-m", "agent_datastore", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    assert result.stdout == "agent-datastore 0.1.0\n"
+    assert result.stdout == f"agent-datastore {agent_datastore.__version__}\n"
 
 
 def test_embedded_scale_script_runs() -> None:
