@@ -53,7 +53,8 @@ def test_the_changelog_headings_keep_the_form() -> None:
         assert heading in SECTIONS, heading
     # every release says something
     for block in re.split(r"^## ", CHANGELOG, flags=re.MULTILINE)[1:]:
-        assert "\n### " in block and "\n- " in block, block.splitlines()[0]
+        assert "\n### " in block, block.splitlines()[0]
+        assert "\n- " in block, block.splitlines()[0]
 
 
 def test_the_package_metadata_reads_the_version_from_the_package() -> None:
