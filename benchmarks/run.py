@@ -2,7 +2,9 @@
 
     python -m benchmarks.run [--quick] [--out benchmarks/results]
 
-Writes ``results.json``, ``results.md`` and ``scaling.png`` to ``--out``. Seeded; every
+Writes ``results.json``, ``results.md`` and ``scaling.png`` to ``--out``: by default
+``benchmarks/results``, the committed results, but with ``--quick`` a new temporary folder,
+whose path it prints. Seeded; every
 measurement is warmed up, then repeated, and reported as median, p90 and p99 of the repeats.
 ``--quick`` runs tiny sizes in seconds, for the test suite; its numbers mean nothing.
 
@@ -31,6 +33,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -982,9 +985,19 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the tests")
-    parser.add_argument("--out", default="benchmarks/results", help="where to write results")
+    parser.add_argument(
+        "--out",
+        help="where to write results (default: benchmarks/results, or with --quick a new "
+        "temporary folder, so that a quick run never replaces the committed results)",
+    )
     arguments = parser.parse_args(argv)
-    out = Path(arguments.out)
+    if arguments.out is not None:
+        out = Path(arguments.out)
+    elif arguments.quick:
+        out = Path(tempfile.mkdtemp(prefix="agent-datastore-benchmark-"))
+        print(f"--quick without --out: writing to {out}", file=sys.stderr)
+    else:
+        out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
     started = time.monotonic()
