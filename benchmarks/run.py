@@ -832,7 +832,14 @@ def machine() -> dict:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        # the machine may be shared: what else ran is known only through the load it left
+        "load_average_at_start": _load_average(),
     }
+
+
+def _load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages, where the system reports them."""
+    return [round(load, 2) for load in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -841,7 +848,13 @@ def write_markdown(results: dict, path: Path) -> None:
     lines += [
         f"Python {info['python']}, pymongo {info['pymongo']}, agent-datastore "
         f"{info['agent_datastore']}, {info['cpus']} CPUs, {info['platform']}. "
-        f"Command: `{results['command']}`.",
+        f"Command: `{results['command']}`."
+        + (
+            f" Load average (1, 5, 15 minutes) {info['load_average_at_start']} at the start, "
+            f"{info['load_average_at_end']} at the end."
+            if info.get("load_average_at_start") is not None
+            else ""
+        ),
         "",
         "## Budgets",
         "",
@@ -1021,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
     results["embedded"] = embedded(arguments.quick, rng)
     results["budgets"] = budgets(results)
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_average_at_end"] = _load_average()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "results.md")
     plot(results, out / "scaling.png")
