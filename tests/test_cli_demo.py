@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,13 @@ import pytest
 import agent_datastore
 from agent_datastore import connect
 from agent_datastore.cli import main
-from agent_datastore.demo import SAMPLE_REPOSITORY, index_repository, search_repository
+from agent_datastore.demo import (
+    SAMPLE_REPOSITORY,
+    index_repository,
+    run_demo,
+    search_repository,
+    summarize,
+)
 
 
 def test_demo_runs_the_complete_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,3 +223,12 @@ def test_nightly_export_script_writes_a_dated_archive_and_keeps_the_newest(
     newest = tmp_path / archives[1]
     assert result.stdout == f"exported 20 items to {newest}\n"
     assert len(gzip.decompress(newest.read_bytes()).splitlines()) == 20
+
+
+def test_the_demo_counts_in_the_right_number() -> None:
+    one_line = asyncio.run(summarize("notes.md", "config"))
+    assert one_line == "markdown file, 1 line, mentions config"
+    printed: list[str] = []
+    run_demo(echo=printed.append)
+    assert "removed 1 key;" in printed[-1]
+    assert not [line for line in printed if "(s)" in line or re.search(r"\b1 \w+s\b", line)]
