@@ -62,7 +62,7 @@ def test_a_run_writes_its_figures_with_the_machine_and_the_versions(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     written = json.loads(out.read_text())
     machine = written["machine"]
-    assert machine["command"] == "python scripts/embedded_scale.py 5 10"
+    assert machine["command"] == "python scripts/embedded_scale.py 5 10 --samples 1"
     assert machine["agent_datastore"] == agent_datastore.__version__
     assert {"date", "python", "pymongo", "mongomock_ng", "platform", "cpus"} <= set(machine)
     assert [row["items"] for row in written["rows"]] == [5, 10]
