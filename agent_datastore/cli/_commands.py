@@ -9,6 +9,7 @@ import click
 
 from .. import admin
 from .._core import ENSURE_INDEXES_TIMEOUT
+from .._exceptions import DataStoreError, DataStoreUnavailable
 from ._base import (
     EXIT_NOT_FOUND,
     CommandError,
@@ -283,8 +284,19 @@ def purge(ctx: click.Context, user: str, agent: str | None, yes: bool, as_json: 
 @_json_flag
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check the connection, the index and the documents."""
-    report = admin.doctor(_store(ctx))
+    """Check the connection, the index and the documents.
+
+    Exits 0 when healthy, 1 when a check fails, 3 when the database cannot be reached (4
+    when it refuses). --json prints a JSON object in every case: without a database,
+    {"healthy": false, "error": ...}."""
+    try:
+        report = admin.doctor(_store(ctx))
+    except (DataStoreUnavailable, DataStoreError) as exc:
+        if as_json:
+            # a monitor reading stdout gets its answer even when there is no store to ask; the
+            # error is the line text mode prints, and nothing more of the database
+            _print_json({"healthy": False, "error": str(exc.detail)})
+        raise  # the group prints that line on stderr and exits 3 (or 4)
     if as_json:
         _print_json(report)
     else:
