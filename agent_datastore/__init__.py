@@ -41,4 +41,4 @@ __all__ = [
     "issue_token",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.8.0"

@@ -345,6 +345,11 @@ class AsyncAgentDataStoreProxy(ProxyBase):
         """See ``AgentDataStoreProxy.get_many``."""
         return await self._store._run(ops.get_many(self._scope, self._store._settings(), keys))
 
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """See ``AgentDataStoreProxy.delete_many``."""
+        settings = self._store._settings()
+        return await self._store._run(ops.delete_many(self._scope, settings, keys))
+
     async def set_many(
         self,
         items: Mapping[str, Any],

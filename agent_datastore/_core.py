@@ -218,8 +218,9 @@ def check_key(key: object) -> str:
     return check_name(key, "key", MAX_KEY_BYTES)
 
 
-def check_keys(keys: object) -> list[str]:
-    """The distinct keys of a ``get_many`` call, in the order given."""
+def check_keys(keys: object, operation: str = "get_many") -> list[str]:
+    """The distinct keys of a ``get_many`` (or ``delete_many``: ``operation`` names it in
+    the error) call, in the order given."""
     plain = _plain_keys(keys)
     if plain is not None:
         checked, key_bytes = plain
@@ -235,7 +236,7 @@ def check_keys(keys: object) -> list[str]:
     size += _codec.array_names_size(len(checked))
     if size > _MAX_KEY_LIST_BYTES:
         raise ValueError(
-            f"get_many of {len(checked)} keys needs a {size}-byte query, over MongoDB's "
+            f"{operation} of {len(checked)} keys needs a {size}-byte query, over MongoDB's "
             f"{MAX_DOCUMENT_BYTES}-byte command limit; split the keys into smaller batches"
         )
     return checked

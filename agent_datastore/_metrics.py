@@ -47,7 +47,7 @@ REFUSAL_REASONS = (
     "bad_request",  # 400: not JSON, a field missing, unknown or of the wrong type
     "token",  # 401 or 403: no token, or one that is forged, tampered with or expired
     "body_too_large",  # 413: the body is over max_body_bytes
-    "batch_too_large",  # 413: a get_many or set_many over max_batch
+    "batch_too_large",  # 413: a get_many, set_many or delete_many over max_batch
     "listing_too_large",  # 413: a listing page over the per-request cap
     "request_too_large",  # 413: alone, it would hold more than the whole in-flight budget
     "busy",  # 503 from the service itself (its in-flight budget is full), not its database

@@ -61,6 +61,7 @@ _RESULTS: dict[str, dict[str, Any]] = {
     "list_namespaces": {"type": "array", "items": {"type": "string"}},
     "clear": _INT,
     "get_many": {"type": "object", "additionalProperties": _ANY},
+    "delete_many": _INT,
     "set_many": _INT,
 }
 _SUMMARIES = {
@@ -74,6 +75,7 @@ _SUMMARIES = {
     "list_namespaces": "The namespaces in which the agent has keys.",
     "clear": "Delete every key of the namespace; the number deleted.",
     "get_many": "The values of those keys that exist, in the order asked.",
+    "delete_many": "Delete those keys that exist; the number deleted.",
     "set_many": "Store several items at once; the number stored.",
 }
 # What a get_many or list_items answer adds when it would pass the service's answer budget.

@@ -44,6 +44,7 @@ __all__ = [
     "Request",
     "answer_of",
     "decode_error",
+    "delete_many_calls",
     "dumps",
     "encode_error",
     "get_many_calls",
@@ -83,6 +84,7 @@ OPERATIONS: dict[str, Spec] = {
     "list_namespaces": Spec((), (), idempotent=True),
     "clear": Spec((), (), idempotent=False),
     "get_many": Spec(("keys",), (), idempotent=True),
+    "delete_many": Spec(("keys",), (), idempotent=False),
     "set_many": Spec(("items",), ("metadata", "ttl_ms"), idempotent=False),
 }
 
@@ -437,6 +439,29 @@ def get_many_calls(scope: _core.Scope, keys: object, limits: Limits) -> Calls:
             continue
         done += len(batch)
     return {key: found[key] for key in checked if key in found}
+
+
+def delete_many_calls(scope: _core.Scope, keys: object, limits: Limits) -> Calls:
+    """A ``delete_many`` call as the requests it needs: the keys are checked as the local
+    proxy checks them, then sent in batches of at most the service's ``max_batch``, each
+    deleted before the next is sent; returns the number deleted."""
+    checked = _core.check_keys(keys, "delete_many")
+    deleted = done = 0
+    while done < len(checked):
+        batch = checked[done : done + limits.max_batch]
+        try:
+            answer = yield _with_namespace(scope, "delete_many", keys=batch)
+        except BatchTooLarge as exc:
+            if exc.max_batch >= len(batch):
+                raise
+            limits.max_batch = exc.max_batch  # the service's own limit: split and resend
+            continue
+        count = answer["result"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(batch):
+            raise _not_the_protocol()
+        deleted += count
+        done += len(batch)
+    return deleted
 
 
 def set_many_calls(

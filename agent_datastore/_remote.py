@@ -289,6 +289,13 @@ class RemoteDataStoreProxy(_RemoteBase):
         calls = _protocol.get_many_calls(self._scope, keys, self._service.limits)
         return self._drive(calls)  # type: ignore[no-any-return]
 
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """As ``AgentDataStoreProxy.delete_many``. The service takes at most ``max_batch``
+        keys per request: a larger call is several requests, each deleted before the next
+        is sent."""
+        calls = _protocol.delete_many_calls(self._scope, keys, self._service.limits)
+        return int(self._drive(calls))
+
     def set_many(
         self,
         items: Mapping[str, Any],
@@ -452,6 +459,10 @@ class AsyncRemoteDataStoreProxy(_RemoteBase):
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         calls = _protocol.get_many_calls(self._scope, keys, self._service.limits)
         return await self._drive(calls)  # type: ignore[no-any-return]
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        calls = _protocol.delete_many_calls(self._scope, keys, self._service.limits)
+        return int(await self._drive(calls))
 
     async def set_many(
         self,

@@ -426,6 +426,12 @@ class AgentDataStoreProxy(ProxyBase):
         """The values of those ``keys`` that exist, in the order asked, in one query."""
         return self._store._run(ops.get_many(self._scope, self._store._settings(), keys))
 
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete those ``keys`` that exist, in one command; the number deleted. The keys are
+        checked as ``get_many`` checks them (a repeated key counts once); items that have
+        expired count as absent, as for ``delete``, and are left to the server's TTL monitor."""
+        return self._store._run(ops.delete_many(self._scope, self._store._settings(), keys))
+
     def set_many(
         self,
         items: Mapping[str, Any],

@@ -192,6 +192,17 @@ def item(
     return {**_item_record(document), "size": size, "expired": expired}
 
 
+def existing_keys(
+    store: DataStore, user_id: str, agent_name: str, keys: Iterable[str], namespace: str = "default"
+) -> list[str]:
+    """Those of ``keys`` that hold a live item, in the order given (repeats once): what
+    ``delete_many`` of them would delete now. One query, which reads no value; an item that
+    has expired but that the server has not deleted yet does not count, as for an agent."""
+    scope = _core.Scope.of(user_id, agent_name, namespace)
+    look = ops.existing_keys(scope, store._settings(), keys)
+    return ops.run_sync(look, lambda: _collection(store))
+
+
 def stats(store: DataStore, top: int = 5) -> dict[str, Any]:
     """Counts and sizes of the whole store, and its largest users, agents and namespaces."""
     groups = {

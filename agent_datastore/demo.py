@@ -28,6 +28,11 @@ SAMPLE_REPOSITORY: dict[str, str] = {
 }
 
 
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    """``1 line``, ``2 lines``: a count with its noun in the right number."""
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
 async def summarize(path: str, content: str) -> str:
     """A stand-in for a model call: the file's kind, size and the names it defines."""
     await asyncio.sleep(0)
@@ -37,7 +42,7 @@ async def summarize(path: str, content: str) -> str:
         if line.startswith(("def ", "class "))
     ]
     kind = "markdown" if path.endswith(".md") else "python"
-    text = f"{kind} file, {len(content.splitlines())} lines"
+    text = f"{kind} file, {_count(len(content.splitlines()), 'line')}"
     if names:
         text += ", defines " + ", ".join(names)
     if "config" in content:
@@ -101,21 +106,23 @@ def run_demo(uri: str = "mongomock://", echo: Callable[[str], object] = print) -
         data_store = store.proxy(USER_ID, AGENT_NAME)
         echo(f"agent-datastore demo: user {USER_ID!r}, agent {AGENT_NAME!r}, store {uri}")
 
-        echo(f"\n1. The indexer stores {len(SAMPLE_REPOSITORY)} files of {repo} and summaries.")
+        files = _count(len(SAMPLE_REPOSITORY), "file")
+        echo(f"\n1. The indexer stores {files} of {repo} and summaries.")
         asyncio.run(index_repository(data_store, repo, SAMPLE_REPOSITORY))
         for namespace in data_store.list_namespaces():
             keys = data_store.use_namespace(namespace).list_keys()
-            echo(f"   {namespace:<24} {len(keys)} keys: {', '.join(keys)}")
+            echo(f"   {namespace:<24} {_count(len(keys), 'key')}: {', '.join(keys)}")
 
         echo(f"\n2. The search agent looks for {query!r} in the summaries of {repo}.")
         answer = asyncio.run(search_repository(data_store, {"repo": repo, "query": query}, {}))
         for result in answer["results"]:
             echo(f"   {result['file']:<24} {result['summary']}")
-        echo(f"   {answer['matches']} matches")
+        echo(f"   {_count(answer['matches'], 'match', 'matches')}")
 
         cache = data_store.use_namespace("search-cache")
         cached = cache.get(f"{repo}:{query}")
-        echo(f"\n3. Cached in 'search-cache' under {repo}:{query}: {cached['count']} results.")
+        results = _count(cached["count"], "result")
+        echo(f"\n3. Cached in 'search-cache' under {repo}:{query}: {results}.")
         echo(f"   namespaces now: {', '.join(data_store.list_namespaces())}")
 
         echo("\n4. Searching a repository nobody indexed:")
@@ -124,7 +131,7 @@ def run_demo(uri: str = "mongomock://", echo: Callable[[str], object] = print) -
 
         removed = cache.clear()
         echo(
-            f"\n5. Clearing 'search-cache' removed {removed} key(s); namespaces now: "
+            f"\n5. Clearing 'search-cache' removed {_count(removed, 'key')}; namespaces now: "
             f"{', '.join(data_store.list_namespaces())}"
         )
     return answer

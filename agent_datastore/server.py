@@ -208,6 +208,8 @@ def _operation(
             return _Answer(found_values, {"remaining": unread} if unread else {}, size)
 
         return ops.get_many_within(scope, settings, body.get("keys"), room), values
+    if operation == "delete_many":
+        return ops.delete_many(scope, settings, body.get("keys")), _plain
     assert operation == "set_many"
     items, metadata = body.get("items"), body.get("metadata")
     return ops.set_many(scope, settings, items, metadata, _ttl_of(body)), _plain
@@ -298,7 +300,7 @@ class _PiecesResponse(Response):
 
 
 def _batch_size(operation: str, body: dict[str, Any]) -> int:
-    batch = body.get("keys") if operation == "get_many" else body.get("items")
+    batch = body.get("keys") if operation in ("get_many", "delete_many") else body.get("items")
     return len(batch) if isinstance(batch, (list, dict)) else 0
 
 
@@ -317,11 +319,12 @@ def create_app(
     """An ASGI application serving ``store`` to the holders of tokens signed with ``secret``.
 
     The caller owns ``store`` and closes it after the application stops. A request body over
-    ``max_body_bytes`` and a ``get_many`` or ``set_many`` of more than ``max_batch`` items are
-    answered 413. ``rate_limit=(requests, per_seconds)`` allows each token that many requests
-    per period (the whole number at once, then at the average rate), and answers 429 with
-    ``Retry-After`` beyond it. With ``audience``, only tokens issued for that audience
-    (``issue_token(..., audience=)``) are accepted; without, only tokens that name none.
+    ``max_body_bytes`` and a ``get_many``, ``set_many`` or ``delete_many`` of more than
+    ``max_batch`` items are answered 413. ``rate_limit=(requests, per_seconds)`` allows each
+    token that many requests per period (the whole number at once, then at the average rate),
+    and answers 429 with ``Retry-After`` beyond it. With ``audience``, only tokens issued for
+    that audience (``issue_token(..., audience=)``) are accepted; without, only tokens that
+    name none.
 
     No answer holds more than ``max_answer_bytes`` of JSON, but a single value larger than
     that is still answered alone: a ``get_many`` past it answers what fits and names the keys

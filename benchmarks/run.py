@@ -2,7 +2,9 @@
 
     python -m benchmarks.run [--quick] [--out benchmarks/results]
 
-Writes ``results.json``, ``results.md`` and ``scaling.png`` to ``--out``. Seeded; every
+Writes ``results.json``, ``results.md`` and ``scaling.png`` to ``--out``: by default
+``benchmarks/results``, the committed results, but with ``--quick`` a new temporary folder,
+whose path it prints. Seeded; every
 measurement is warmed up, then repeated, and reported as median, p90 and p99 of the repeats.
 ``--quick`` runs tiny sizes in seconds, for the test suite; its numbers mean nothing.
 
@@ -31,6 +33,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -829,7 +832,14 @@ def machine() -> dict:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        # the machine may be shared: what else ran is known only through the load it left
+        "load_average_at_start": _load_average(),
     }
+
+
+def _load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages, where the system reports them."""
+    return [round(load, 2) for load in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -838,7 +848,13 @@ def write_markdown(results: dict, path: Path) -> None:
     lines += [
         f"Python {info['python']}, pymongo {info['pymongo']}, agent-datastore "
         f"{info['agent_datastore']}, {info['cpus']} CPUs, {info['platform']}. "
-        f"Command: `{results['command']}`.",
+        f"Command: `{results['command']}`."
+        + (
+            f" Load average (1, 5, 15 minutes) {info['load_average_at_start']} at the start, "
+            f"{info['load_average_at_end']} at the end."
+            if info.get("load_average_at_start") is not None
+            else ""
+        ),
         "",
         "## Budgets",
         "",
@@ -982,9 +998,19 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the tests")
-    parser.add_argument("--out", default="benchmarks/results", help="where to write results")
+    parser.add_argument(
+        "--out",
+        help="where to write results (default: benchmarks/results, or with --quick a new "
+        "temporary folder, so that a quick run never replaces the committed results)",
+    )
     arguments = parser.parse_args(argv)
-    out = Path(arguments.out)
+    if arguments.out is not None:
+        out = Path(arguments.out)
+    elif arguments.quick:
+        out = Path(tempfile.mkdtemp(prefix="agent-datastore-benchmark-"))
+        print(f"--quick without --out: writing to {out}", file=sys.stderr)
+    else:
+        out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
     started = time.monotonic()
@@ -1008,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
     results["embedded"] = embedded(arguments.quick, rng)
     results["budgets"] = budgets(results)
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_average_at_end"] = _load_average()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "results.md")
     plot(results, out / "scaling.png")

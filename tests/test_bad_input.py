@@ -142,6 +142,9 @@ def _cases() -> list[Any]:
             pytest.param(lambda p, n=name: p.set(n, 1), error, id=f"set key {ids}"),
             pytest.param(lambda p, n=name: p.delete(n), error, id=f"delete key {ids}"),
             pytest.param(lambda p, n=name: p.get_many(["a", n]), error, id=f"get_many key {ids}"),
+            pytest.param(
+                lambda p, n=name: p.delete_many(["a", n]), error, id=f"delete_many key {ids}"
+            ),
             pytest.param(lambda p, n=name: p.use_namespace(n), error, id=f"use_namespace {ids}"),
             pytest.param(
                 lambda p, n=name: _scope_for(p, n, "agent"), error, id=f"proxy user_id {ids}"
@@ -177,6 +180,11 @@ def _cases() -> list[Any]:
         pytest.param(lambda p: p.get_many({"a": 1}), TypeError, id="get_many of a dict"),
         pytest.param(lambda p: p.get_many(5), TypeError, id="get_many of an int"),
         pytest.param(lambda p: p.get_many(None), TypeError, id="get_many of None"),
+        pytest.param(lambda p: p.delete_many("abc"), TypeError, id="delete_many of a str"),
+        pytest.param(lambda p: p.delete_many(b"abc"), TypeError, id="delete_many of bytes"),
+        pytest.param(lambda p: p.delete_many({"a": 1}), TypeError, id="delete_many of a dict"),
+        pytest.param(lambda p: p.delete_many(5), TypeError, id="delete_many of an int"),
+        pytest.param(lambda p: p.delete_many(None), TypeError, id="delete_many of None"),
         pytest.param(lambda p: p.set_many([("a", 1)]), TypeError, id="set_many of pairs"),
         pytest.param(lambda p: p.set_many("ab"), TypeError, id="set_many of a str"),
         pytest.param(lambda p: p.set_many(None), TypeError, id="set_many of None"),
@@ -202,6 +210,11 @@ def _cases() -> list[Any]:
             lambda p: p.get_many([f"{i:01000d}" for i in range(17_000)]),
             ValueError,
             id="get_many query over 16 MiB",
+        ),
+        pytest.param(
+            lambda p: p.delete_many(["a", *(f"{i:01000d}" for i in range(17_000))]),
+            ValueError,
+            id="delete_many query over 16 MiB",
         ),
     ]
     return cases

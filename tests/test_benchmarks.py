@@ -4,6 +4,7 @@ looks at a timing (those belong to the benchmark itself, on a quiet machine)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +12,27 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 
 
+def _committed_results() -> dict[str, bytes]:
+    folder = ROOT / "benchmarks" / "results"
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
 def test_the_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
+    committed = _committed_results()
+    # no --out: a quick run writes to a new temporary folder (under TMPDIR) and says which
     finished = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.run", "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert finished.returncode == 0, finished.stderr
-    results = json.loads((tmp_path / "results.json").read_text())
+    assert _committed_results() == committed
+    (out,) = tmp_path.iterdir()
+    assert f"writing to {out}\n" in finished.stderr
+    results = json.loads((out / "results.json").read_text())
     operations = {row["operation"] for row in results["layer"]}
     assert {"get", "set", "delete", "get_many", "set_many", "increment", "get_item"} <= operations
     assert {row["operation"] for row in results["client_path"]} == {
@@ -33,9 +45,9 @@ def test_the_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     assert all(row["peak_bytes"] > 0 for row in results["scaling"]["listing"])
     assert results["embedded"]
     assert all(set(check) == {"budget", "measured", "holds"} for check in results["budgets"])
-    report = (tmp_path / "results.md").read_text()
+    report = (out / "results.md").read_text()
     assert "## Budgets" in report
-    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_committed_results_come_from_the_documented_command() -> None:

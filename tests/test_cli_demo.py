@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
+import agent_datastore
 from agent_datastore import connect
 from agent_datastore.cli import main
-from agent_datastore.demo import SAMPLE_REPOSITORY, index_repository, search_repository
+from agent_datastore.demo import (
+    SAMPLE_REPOSITORY,
+    index_repository,
+    run_demo,
+    search_repository,
+    summarize,
+)
 
 
 def test_demo_runs_the_complete_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,17 +86,23 @@ def test_python_dash_m_reports_the_version() -> None:
         [sys.executable, "-m", "agent_datastore", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    assert result.stdout == "agent-datastore 0.1.0\n"
+    assert result.stdout == f"agent-datastore {agent_datastore.__version__}\n"
 
 
 def test_embedded_scale_script_runs() -> None:
     script = Path(__file__).parent.parent / "scripts" / "embedded_scale.py"
     result = subprocess.run(
-        [sys.executable, str(script), "10"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), "10", "--samples", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("    10 items: set ")
-    assert "set_many(10)" in result.stdout
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["items"] == 10
+    assert row["get_ms"] > 0
+    assert row["set_ms"] > 0
+    assert row["set_many_100_ms"] > 0
 
 
 def test_installed_console_script_exports_then_imports_thousands_of_items(
@@ -208,3 +223,12 @@ def test_nightly_export_script_writes_a_dated_archive_and_keeps_the_newest(
     newest = tmp_path / archives[1]
     assert result.stdout == f"exported 20 items to {newest}\n"
     assert len(gzip.decompress(newest.read_bytes()).splitlines()) == 20
+
+
+def test_the_demo_counts_in_the_right_number() -> None:
+    one_line = asyncio.run(summarize("notes.md", "config"))
+    assert one_line == "markdown file, 1 line, mentions config"
+    printed: list[str] = []
+    run_demo(echo=printed.append)
+    assert "removed 1 key;" in printed[-1]
+    assert not [line for line in printed if "(s)" in line or re.search(r"\b1 \w+s\b", line)]

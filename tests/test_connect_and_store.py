@@ -117,6 +117,7 @@ OPERATIONS: dict[str, Callable[[AgentDataStoreProxy], Any]] = {
     "use_namespace then get": lambda p: p.use_namespace("n").get("k"),
     "clear": lambda p: p.clear(),
     "get_many": lambda p: p.get_many(["a", "b"]),
+    "delete_many": lambda p: p.delete_many(["a", "b"]),
     "set_many": lambda p: p.set_many({"a": 1, "b": 2}),
     "get_item": lambda p: p.get_item("k"),
     "set ttl": lambda p: p.set("k", 1, ttl=60),

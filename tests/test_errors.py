@@ -330,6 +330,7 @@ EVERY_METHOD: dict[str, Callable[[AgentDataStoreProxy], Any]] = {
     "clear": lambda p: p.clear(),
     "get_many": lambda p: p.get_many(["a"]),
     "set_many": lambda p: p.set_many({"a": 1}),
+    "delete_many": lambda p: p.delete_many(["a", "b"]),
 }
 
 

@@ -202,6 +202,12 @@ class StoreVersusModel(RuleBasedStateMachine):
         deleted = self.proxy(scope).delete(key, if_version=if_version)
         assert deleted is (self.model[scope].pop(key, None) is not None)
 
+    @rule(scope=scopes, unwanted=st.lists(keys, max_size=5))
+    def delete_many(self, scope: Any, unwanted: list[str]) -> None:
+        deleted = self.proxy(scope).delete_many(unwanted)
+        items = self.model[scope]
+        assert deleted == sum(items.pop(k, None) is not None for k in dict.fromkeys(unwanted))
+
     @rule(scope=scopes, prefix=prefixes, limit=st.sampled_from([None, 1, 2, 3]))
     def list_keys(self, scope: Any, prefix: str | None, limit: int | None) -> None:
         expected = sorted(k for k in self.model[scope] if k.startswith(prefix or ""))
@@ -250,7 +256,9 @@ class StoreVersusModel(RuleBasedStateMachine):
         assert snapshot(self.store) == before
 
     @rule(
-        scope=scopes, key=bad_keys, operation=st.sampled_from(["get", "set", "delete", "get_many"])
+        scope=scopes,
+        key=bad_keys,
+        operation=st.sampled_from(["get", "set", "delete", "get_many", "delete_many"]),
     )
     def use_a_bad_key(self, scope: Any, key: Any, operation: str) -> None:
         before = snapshot(self.store)
@@ -260,6 +268,7 @@ class StoreVersusModel(RuleBasedStateMachine):
             "set": lambda: proxy.set(key, 1),
             "delete": lambda: proxy.delete(key),
             "get_many": lambda: proxy.get_many(["a", key]),
+            "delete_many": lambda: proxy.delete_many(["a", key]),
         }[operation]
         with pytest.raises((TypeError, ValueError)):
             call()

@@ -73,6 +73,7 @@ WRITES: dict[str, Callable[[Any], Any]] = {
     "set if_version": lambda p: p.set("k", 1, if_version=1),
     "increment": lambda p: p.increment("k"),
     "delete": lambda p: p.delete("k"),
+    "delete_many": lambda p: p.delete_many(["k"]),
     "clear": lambda p: p.clear(),
     "set_many": lambda p: p.set_many({"k": 1}),
 }
@@ -108,7 +109,8 @@ def test_a_write_is_not_resent_after_a_broken_connection(name: str, error: Excep
 
 @pytest.mark.parametrize("name", list(WRITES))
 def test_a_write_is_sent_once_more_when_the_connection_could_not_be_opened(name: str) -> None:
-    answer = (200, {"result": 1}) if name in ("increment", "clear", "set_many") else OK_NONE
+    counted = ("increment", "clear", "set_many", "delete_many")
+    answer = (200, {"result": 1}) if name in counted else OK_NONE
     script = Script(httpx.ConnectError("connection refused"), answer)
     with proxy_over(script) as proxy:
         WRITES[name](proxy)
@@ -202,6 +204,8 @@ BAD_CALLS: dict[str, Callable[[Any], Any]] = {
     "increment a float": lambda p: p.increment("k", 1.5),
     "delete bad if_version": lambda p: p.delete("k", if_version="1"),
     "get_many a str": lambda p: p.get_many("abc"),
+    "delete_many a str": lambda p: p.delete_many("abc"),
+    "delete_many an empty key": lambda p: p.delete_many(["a", ""]),
     "set_many a list": lambda p: p.set_many([("k", 1)]),
     "set_many a bad value": lambda p: p.set_many({"a": 1, "b": object()}),
     "list_keys bad limit": lambda p: p.list_keys(limit=0),
@@ -225,6 +229,7 @@ def test_empty_batches_send_nothing() -> None:
     with proxy_over(script) as proxy:
         assert proxy.get_many([]) == {}
         assert proxy.set_many({}) == 0
+        assert proxy.delete_many([]) == 0
     assert script.requests == []
 
 

@@ -70,6 +70,26 @@ def test_a_batch_over_the_limit_is_413_and_the_proxy_sends_it_in_parts(
     assert proxy.get_many(["a", "b", "c", "d"]) == {"a": 1, "b": 2, "c": 3, "d": 4}
 
 
+def test_a_delete_many_over_the_batch_limit_is_413_and_the_proxy_sends_it_in_parts(
+    limited: RemoteStore,
+) -> None:
+    limited.backend.proxy("user-3", "agent-a").set_many({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5})
+    before = snapshot(limited.backend)
+    response = httpx.post(
+        f"{limited.url}/v1/delete_many",
+        json={"keys": ["a", "b", "c", "d"]},
+        headers={"authorization": f"Bearer {limited.token('user-3', 'agent-a')}"},
+    )
+    assert response.status_code == 413
+    assert "at most 3 items" in response.json()["error"]["message"]
+    assert response.json()["error"]["limits"]["max_batch"] == 3
+    assert snapshot(limited.backend) == before  # nothing of a refused batch is deleted
+    # the proxy learns the limit from the 413, then sends 3 + 1 (a repeat counts once)
+    proxy = limited.proxy("user-3", "agent-a")
+    assert proxy.delete_many(["a", "b", "zz", "a", "d"]) == 3
+    assert limited.backend.proxy("user-3", "agent-a").list_keys() == ["c", "e"]
+
+
 def test_a_listing_page_over_the_cap_is_413(service: ServiceThread) -> None:
     with RemoteStore(service, agent_datastore.connect("mongomock://")) as store:
         token = store.token("user-1", "agent-a")

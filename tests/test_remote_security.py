@@ -101,6 +101,7 @@ READS_AND_WRITES = [
     ("get_many", {"keys": ["k"]}),
     ("set", {"key": "k", "value": "overwritten"}),
     ("delete", {"key": "k"}),
+    ("delete_many", {"keys": ["k", "n"]}),
     ("clear", {}),
     ("set_many", {"items": {"k": 0}}),
     ("increment", {"key": "n"}),
@@ -153,6 +154,16 @@ def test_another_users_token_sees_only_that_users_data(remote: RemoteStore) -> N
     assert remote.proxy("user-1", "agent-b").get("k") is None
 
 
+def test_delete_many_deletes_only_the_tokens_own_items(remote: RemoteStore) -> None:
+    other = remote.proxy("user-2", "agent-a")
+    # "k" and "p" are user-1's; the body can name only keys, never whose
+    assert other.delete_many(["k", "p", "theirs", "k"]) == 1
+    assert other.list_keys() == []
+    owner = remote.proxy("user-1", "agent-a")
+    assert owner.get("k") == {"secret": "user-1's"}
+    assert owner.use_namespace("private").get("p") == 1
+
+
 WIDENING_FIELDS = [
     {"user_id": "user-2"},
     {"userId": "user-2"},
@@ -187,6 +198,8 @@ INJECTIONS = [
     ("list_keys", {"limit": 10, "prefix": {"$regex": ".*"}}),
     ("list_keys", {"limit": 10, "start_after": {"$gt": ""}}),
     ("delete", {"key": {"$exists": True}}),
+    ("delete_many", {"keys": [{"$exists": True}]}),
+    ("delete_many", {"keys": {"$in": ["k"]}}),
     ("set", {"key": "k", "value": 1, "metadata": {"$set": {"userId": "user-1"}}}),
     ("set_many", {"items": [["k", 1]]}),
     ("clear", {"namespace": ["default", "private"]}),

@@ -120,6 +120,26 @@ def test_set_many_sends_the_same_single_bulk_write(wire: WireServer) -> None:
     same_commands(sync_commands, async_commands)
 
 
+def test_delete_many_sends_the_same_single_delete(wire: WireServer) -> None:
+    def replies() -> None:
+        wire.deleted = 2
+
+    try:
+        (sync_count, sync_commands), (async_count, async_commands) = run_on_both(
+            wire,
+            lambda p: p.delete_many(["b", "a", "zz", "b"]),
+            lambda p: p.delete_many(["b", "a", "zz", "b"]),
+            replies,
+        )
+    finally:
+        wire.deleted = 0
+    assert sync_count == async_count == 2
+    (command,) = async_commands
+    (statement,) = command["deletes"]
+    assert without_expiry(statement["q"]) == dict([*SCOPE, ("key", {"$in": ["b", "a", "zz"]})])
+    same_commands(sync_commands, async_commands)
+
+
 def test_list_keys_sends_the_same_page_query(wire: WireServer) -> None:
     answer = [{"key": "a:1"}, {"key": "a:2"}]
     (sync_keys, sync_commands), (async_keys, async_commands) = run_on_both(

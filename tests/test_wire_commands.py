@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from bson.int64 import Int64
+from click.testing import CliRunner
 
 from agent_datastore import AgentDataStoreProxy, VersionConflict
 from agent_datastore import _operations as ops
 from agent_datastore._core import FIRST_USE_INDEX_BUILD_MS, KEY_PAGE_SIZE
+from agent_datastore.cli import cli
 
 from .wire import WireServer, start_wire_server
 
@@ -91,6 +93,7 @@ OPERATIONS: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "list_namespaces": (lambda p: p.list_namespaces(), "aggregate"),
     "clear": (lambda p: p.clear(), "delete"),
     "get_many": (lambda p: p.get_many(["a", "b", "a"]), "find"),
+    "delete_many": (lambda p: p.delete_many(["a", "b", "a"]), "delete"),
     "set_many": (lambda p: p.set_many({"a": 1, "b": 2}), "update"),
     "get_item": (lambda p: p.get_item("k"), "find"),
     "set ttl": (lambda p: p.set("k", 1, ttl=30), "update"),
@@ -141,9 +144,18 @@ def test_each_operation_sends_exactly_one_targeted_command(
         lambda p: p.get_many([]),
         lambda p: p.get_many(()),
         lambda p: p.set_many({}),
+        lambda p: p.delete_many([]),
+        lambda p: p.delete_many(iter(())),
         lambda p: p.use_namespace("other"),
     ],
-    ids=["get_many([])", "get_many(())", "set_many({})", "use_namespace"],
+    ids=[
+        "get_many([])",
+        "get_many(())",
+        "set_many({})",
+        "delete_many([])",
+        "delete_many(iter(()))",
+        "use_namespace",
+    ],
 )
 def test_empty_batches_and_use_namespace_send_nothing(
     wire: WireServer, proxy: AgentDataStoreProxy, call: Callable[[AgentDataStoreProxy], Any]
@@ -519,6 +531,45 @@ def test_clear_sends_one_delete_of_the_namespace(
     (statement,) = only_command(wire, "delete")["deletes"]
     assert without_expiry(statement["q"]) == dict(SCOPE)
     assert statement["limit"] == 0
+
+
+def test_delete_many_sends_one_delete_of_the_live_items_under_key_in(
+    wire: WireServer, proxy: AgentDataStoreProxy
+) -> None:
+    wire.deleted = 2
+    assert proxy.delete_many(["a", "zz", "b", "a"]) == 2  # the server's count is the answer
+    wire.deleted = 0
+    command = only_command(wire, "delete")
+    (statement,) = command["deletes"]
+    # the unique index's fields, the keys once each, then the live condition, as get_many
+    assert without_expiry(statement["q"]) == dict([*SCOPE, ("key", {"$in": ["a", "zz", "b"]})])
+    assert statement["limit"] == 0
+    assert statement["collation"] == SIMPLE
+
+
+def test_cli_delete_looks_with_one_key_only_query_then_deletes_what_it_found(
+    wire: WireServer,
+) -> None:
+    with wire.connect() as store:
+        store.ensure_indexes()
+        wire.take()
+        wire.find_batches.append([{"key": "b"}])
+        wire.deleted = 1
+        result = CliRunner().invoke(
+            cli,
+            ["delete", "user-1", "agent-a", "a", "b", "-n", "ns", "--yes"],
+            obj={"store": store},
+        )
+        wire.deleted = 0
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "deleted 1 item: 'b'\n"
+    assert "no key 'a' in user-1/agent-a/ns" in result.stderr
+    find, delete = wire.take()
+    assert without_expiry(find["filter"]) == dict([*SCOPE, ("key", {"$in": ["a", "b"]})])
+    assert find["projection"] == {"key": 1, "_id": 0}  # no value is read
+    (statement,) = delete["deletes"]
+    # only the key that was found (and asked about) is deleted
+    assert without_expiry(statement["q"]) == dict([*SCOPE, ("key", {"$in": ["b"]})])
 
 
 # ------------------------------------------------------------------ the store service's reads

@@ -38,8 +38,8 @@ def _without_session(command: dict[str, Any]) -> dict[str, Any]:
 
 
 # Operations pymongo retries once after a network error or a failover error: reads, and
-# single-document or batched upserts (retryable writes). clear() deletes many documents, which
-# is not a retryable write.
+# single-document or batched upserts (retryable writes). clear() and delete_many() delete many
+# documents, which is not a retryable write.
 RETRIED: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "get": (lambda p: p.get("k"), "find"),
     "set": (lambda p: p.set("k", {"v": 1}, metadata={"m": 1}), "update"),
@@ -53,7 +53,8 @@ RETRIED: dict[str, tuple[Callable[[AgentDataStoreProxy], Any], str]] = {
     "delete if_version": (lambda p: p.delete("k", if_version=0), "find"),
 }
 CLEAR = (lambda p: p.clear(), "delete")
-EVERY = {**RETRIED, "clear": CLEAR}
+DELETE_MANY = (lambda p: p.delete_many(["a", "b"]), "delete")
+EVERY = {**RETRIED, "clear": CLEAR, "delete_many": DELETE_MANY}
 
 
 # --------------------------------------------------------------- dropped connection, failover
@@ -100,7 +101,7 @@ def test_a_lasting_fault_raises_unavailable(
     assert caught.value.status_code == 503
     assert isinstance(caught.value.__cause__, (pe.AutoReconnect, pe.NotPrimaryError))
     attempts = wire.take()
-    assert len(attempts) == (1 if operation == "clear" else 2)
+    assert len(attempts) == (1 if operation in ("clear", "delete_many") else 2)
 
 
 def test_clear_is_not_retried_by_the_driver_but_is_safe_to_repeat(

@@ -9,6 +9,7 @@ import click
 
 from .. import admin
 from .._core import ENSURE_INDEXES_TIMEOUT
+from .._exceptions import DataStoreError, DataStoreUnavailable
 from ._base import (
     EXIT_NOT_FOUND,
     CommandError,
@@ -177,23 +178,70 @@ def set_(
     _print_json(report) if as_json else click.echo(f"set {key!r} in {user}/{agent}/{namespace}")
 
 
+# How many keys a question or a report names before it only counts the rest.
+_KEYS_NAMED = 10
+
+
+def _key_names(keys: list[str]) -> str:
+    named = ", ".join(map(repr, keys[:_KEYS_NAMED]))
+    rest = len(keys) - _KEYS_NAMED
+    return f"{named} and {rest} more" if rest > 0 else named
+
+
+def _no_keys(keys: list[str], where: str) -> str:
+    return f"no key{'' if len(keys) == 1 else 's'} {_key_names(keys)} in {where}"
+
+
 @cli.command()
 @click.argument("user")
 @click.argument("agent")
-@click.argument("key")
+@click.argument("keys", metavar="KEY...", nargs=-1, required=True)
 @_namespace_option
 @_yes_option
 @_json_flag
 @click.pass_context
 def delete(
-    ctx: click.Context, user: str, agent: str, key: str, namespace: str, yes: bool, as_json: bool
+    ctx: click.Context,
+    user: str,
+    agent: str,
+    keys: tuple[str, ...],
+    namespace: str,
+    yes: bool,
+    as_json: bool,
 ) -> None:
-    """Delete one item."""
-    proxy = _store(ctx).proxy(user, agent, namespace)
-    _confirm(f"Delete {key!r} from {user}/{agent}/{namespace}?", yes)
-    if not proxy.delete(key):
-        raise CommandError(f"no key {key!r} in {user}/{agent}/{namespace}", EXIT_NOT_FOUND)
-    _print_json({"deleted": 1}) if as_json else click.echo(f"deleted {_items(1)}: {key!r}")
+    """Delete one or more items.
+
+    Looks first: keys that do not exist are reported, and the question is asked only when
+    something exists (exit 1 when nothing does)."""
+    store = _store(ctx)
+    where = f"{user}/{agent}/{namespace}"
+    # one query for every key, reading no value; repeats count once, as in delete_many
+    found = admin.existing_keys(store, user, agent, keys, namespace)
+    found_set = set(found)
+    missing = [key for key in dict.fromkeys(keys) if key not in found_set]
+    if not found:
+        if as_json:
+            _print_json({"deleted": 0, "missing": missing})
+            ctx.exit(EXIT_NOT_FOUND)
+        raise CommandError(_no_keys(missing, where), EXIT_NOT_FOUND)
+    if missing and not as_json:  # before the question, so that the answer is informed
+        click.echo(f"agent-datastore: {_no_keys(missing, where)}", err=True)
+    question = (
+        f"Delete {found[0]!r} from {where}?"
+        if len(found) == 1
+        else f"Delete {_items(len(found))} from {where}: {_key_names(found)}?"
+    )
+    _confirm(question, yes)
+    # only what was asked about: a missing key written meanwhile was not confirmed
+    deleted = store.proxy(user, agent, namespace).delete_many(found)
+    if as_json:
+        _print_json({"deleted": deleted, "missing": missing})
+    elif deleted == len(found):
+        click.echo(f"deleted {_items(deleted)}: {_key_names(found)}")
+    else:  # deleted by someone else between the look and the delete
+        click.echo(f"deleted {_items(deleted)} of {_key_names(found)}; the rest were gone")
+    if not deleted:
+        ctx.exit(EXIT_NOT_FOUND)
 
 
 @cli.command()
@@ -236,8 +284,19 @@ def purge(ctx: click.Context, user: str, agent: str | None, yes: bool, as_json: 
 @_json_flag
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check the connection, the index and the documents."""
-    report = admin.doctor(_store(ctx))
+    """Check the connection, the index and the documents.
+
+    Exits 0 when healthy, 1 when a check fails, 3 when the database cannot be reached (4
+    when it refuses). --json prints a JSON object in every case: without a database,
+    {"healthy": false, "error": ...}."""
+    try:
+        report = admin.doctor(_store(ctx))
+    except (DataStoreUnavailable, DataStoreError) as exc:
+        if as_json:
+            # a monitor reading stdout gets its answer even when there is no store to ask; the
+            # error is the line text mode prints, and nothing more of the database
+            _print_json({"healthy": False, "error": str(exc.detail)})
+        raise  # the group prints that line on stderr and exits 3 (or 4)
     if as_json:
         _print_json(report)
     else:

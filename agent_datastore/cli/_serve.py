@@ -89,7 +89,7 @@ def _served_uri(ctx: click.Context, uri: str | None, embedded: bool) -> str:
     type=click.IntRange(min=1),
     default=1000,
     show_default=True,
-    help="Larger get_many and set_many batches are answered 413.",
+    help="Larger get_many, set_many and delete_many batches are answered 413.",
 )
 @click.option(
     "--max-answer-bytes",
