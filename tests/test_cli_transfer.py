@@ -238,6 +238,16 @@ def test_a_failing_export_leaves_the_target_untouched_and_no_temporary_file(
     assert only_file(tmp_path) == ["items.jsonl"]
 
 
+def test_a_failing_gzip_export_to_standard_output_is_not_a_complete_archive(
+    store: DataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "_target", BrokenCursor(store._target, AutoReconnect("reset")))
+    result = run(store, "export", "--gzip", "-o", "-")
+    assert result.exit_code == 3
+    with pytest.raises(EOFError):  # cut off: no gzip trailer
+        gzip.decompress(result.stdout_bytes)
+
+
 def test_export_errors_name_the_users_path(store: DataStore, tmp_path: Path) -> None:
     missing = tmp_path / "missing" / "dir" / "x.jsonl"
     result = run(store, "export", "-o", str(missing))

@@ -143,6 +143,24 @@ class _ExportTarget:
             self.temporary = None
 
 
+class _Gate:
+    """Passes writes on to ``file`` until shut, then drops them. The gzip writer writes its
+    trailer whenever it is closed, even when it is only collected after a failure, and a
+    failed export must not end in one: on standard output, a cut-off archive must not look
+    complete."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.shut = False
+
+    def write(self, data: bytes) -> int:
+        return len(data) if self.shut else self._file.write(data)
+
+    def flush(self) -> None:
+        if not self.shut:
+            self._file.flush()
+
+
 @cli.command(name="export")
 @click.argument("user", required=False)
 @click.argument("agent", required=False)
@@ -193,12 +211,13 @@ def export_(
         target = _ExportTarget(output)
     except OSError as exc:
         raise _naming(exc, output) from exc
+    gate = _Gate(target.file)
+    out: IO[bytes] | gzip.GzipFile = target.file
     try:
-        out: IO[bytes] | gzip.GzipFile = target.file
         if compress:
             # no name or time in the header: the same items give the same bytes
             out = gzip.GzipFile(
-                filename="", fileobj=target.file, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0
+                filename="", fileobj=gate, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0
             )
         with _progress(total, "export") as bar:
             for line, problem in admin.export_lines(store, user, agent, namespace):
@@ -218,11 +237,14 @@ def export_(
                 EXIT_NOT_FOUND,
             )
         target.commit()
-    except OSError as exc:
+    except BaseException as exc:
+        gate.shut = True
+        if out is not target.file:
+            with contextlib.suppress(Exception):
+                out.close()  # now, and into the shut gate, rather than whenever it is collected
         target.discard()
-        raise _naming(exc, output) from exc
-    except BaseException:
-        target.discard()
+        if isinstance(exc, OSError):
+            raise _naming(exc, output) from exc
         raise
     report = {"exported": written, "skipped": skipped, "file": output}
     if output != "-":
