@@ -539,6 +539,13 @@ def test_rejects_file_takes_the_rejected_lines_instead_of_stderr(
     assert run(target, "import", str(clean), "--rejects", str(rejects)).exit_code == 0
     assert rejects.read_text() == ""
 
+    # the input itself is never taken for the rejects, which would empty it
+    backup = clean.read_bytes()
+    same = run(target, "import", str(clean), "--rejects", str(tmp_path / "." / "clean.jsonl"))
+    assert same.exit_code == 2
+    assert "--rejects names the file being imported" in same.stderr
+    assert clean.read_bytes() == backup
+
     unwritable = tmp_path / "no-such-dir" / "rejects.jsonl"
     refused = run(target, "import", str(clean), "--rejects", str(unwritable))
     assert refused.exit_code == 2

@@ -388,6 +388,14 @@ def import_(
     """
     if agent_name is not None and user_id is None:
         raise click.UsageError("--agent needs --user", ctx)
+    # opening the input itself for the rejects would empty it
+    if (
+        rejects is not None
+        and file != "-"
+        and os.path.exists(rejects)
+        and os.path.samefile(rejects, file)
+    ):
+        raise click.UsageError("--rejects names the file being imported", ctx)
     with contextlib.ExitStack() as stack:
         sink = None
         if rejects is not None:
