@@ -288,7 +288,8 @@ def shell(ctx: click.Context, stop_on_error: bool) -> None:
     """Run command lines on one store for the whole session.
 
     Each line is a command with the same arguments, options and output as on the command
-    line (try "help"), run on the store opened at the start: the in-memory default too.
+    line (try "help"), run on the store opened at the start, so the default store in memory
+    keeps what a line wrote for the lines after it.
 
     On a terminal: a prompt, line editing, completion with Tab, and a history kept in
     $AGENT_DATASTORE_HISTFILE (default ~/.agent_datastore_history; empty: none). Otherwise
