@@ -13,12 +13,15 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
 from agent_datastore.cli import cli
+from agent_datastore.cli._base import _opens_new_embedded_store
 from agent_datastore.cli._shell import _completions
 
 NOTICE = "using a new in-memory store; nothing persists"
@@ -196,6 +199,29 @@ def test_a_session_on_a_given_store_does_not_open_another() -> None:
         assert result.stdout == "k\nset 'j' in ada/indexer/default\n"
         assert result.stderr == ""
         assert store.proxy("ada", "indexer").get("j") == 2
+
+
+@pytest.fixture
+def probe() -> Iterator[None]:
+    """A command that says whether it would open a new, empty in-memory store."""
+
+    @click.command()
+    @click.pass_context
+    def probe(ctx: click.Context) -> None:
+        click.echo(f"new embedded store: {_opens_new_embedded_store(ctx)}")
+
+    cli.add_command(probe)
+    try:
+        yield
+    finally:
+        del cli.commands["probe"]
+
+
+@pytest.mark.usefixtures("probe")
+def test_a_line_runs_on_the_sessions_store_not_a_new_one() -> None:
+    on_its_own = CliRunner().invoke(cli, ["probe"], env={"AGENT_DATASTORE_URI": None})
+    assert on_its_own.stdout == "new embedded store: True\n"
+    assert shell("probe").stdout == "new embedded store: False\n"
 
 
 def _script() -> str:
@@ -383,8 +409,11 @@ def test_ctrl_c_at_the_prompt_and_during_a_command(
                 assert time.monotonic() < deadline, session.shown
                 time.sleep(0.01)
         session.interrupt(until=b"agent-datastore: interrupted")
+        session.expect(PROMPT)
         # the store is still there, and the key was not deleted
-        session.type(b"get u a k --json\r")
+        # Tab completes the command and then its option
+        session.type(b"ge\tu a k --js\t\r")
+        session.expect(b"get u a k --json")
         session.expect(b'"value": 1')
         session.expect(PROMPT)
         session.type(b"exit\r")

@@ -128,7 +128,9 @@ class _Terminal:
         assert self.readline is not None
         if state == 0:
             buffer = self.readline.get_line_buffer()[: self.readline.get_endidx()]
-            self._matches = _completions(buffer, self._group)
+            # Python's readline appends nothing to a unique match: the space that ends a
+            # word is part of each candidate
+            self._matches = [word + " " for word in _completions(buffer, self._group)]
         return self._matches[state] if state < len(self._matches) else None
 
     def length_before(self, line: str) -> int:
