@@ -9,6 +9,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from agent_datastore import admin
 from agent_datastore.cli import cli
 from agent_datastore.cli._base import _opens_new_embedded_store
 from agent_datastore.cli._shell import _completions
@@ -143,6 +145,19 @@ def test_comments_and_blank_lines_are_skipped() -> None:
     assert result.stderr.count("\n") == 1  # the notice only
 
 
+def test_a_bug_in_a_line_is_one_line_with_exit_5_and_the_session_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(_store: object) -> list[str]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(admin, "users", broken)
+    result = shell("users", "set u a k 1")
+    assert result.stderr.splitlines()[1:] == ["agent-datastore: internal error: RuntimeError: boom"]
+    assert result.stdout == "set 'k' in u/a/default\n"
+    assert result.exit_code == 5
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -264,6 +279,48 @@ def test_stdout_and_stderr_keep_the_order_of_the_lines_through_one_pipe(tmp_path
         "u",
     ]
     assert run.returncode == 1
+
+
+def test_off_a_terminal_ctrl_c_ends_the_script(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    session = subprocess.Popen(
+        [_script(), "shell"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_environment(),
+    )
+    writer = None
+    try:
+        assert session.stdin
+        # the first line waits on a FIFO that nobody writes; the later ones must not run
+        session.stdin.write(f"import {fifo}\nset u a k 1\n".encode())
+        session.stdin.close()
+        deadline = time.monotonic() + 30
+        while writer is None:  # opening the writer succeeds once the import has opened it
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        while session.poll() is None:  # again if it landed before the read blocked
+            assert time.monotonic() < deadline
+            session.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                session.wait(timeout=2)
+        assert session.stdout
+        shown = session.stdout.read().decode()
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if session.poll() is None:
+            session.kill()
+        session.wait()
+        if session.stdout:
+            session.stdout.close()
+    assert shown.splitlines()[1:] == ["agent-datastore: interrupted"]
+    assert session.returncode == 130
 
 
 @pytest.mark.parametrize(
