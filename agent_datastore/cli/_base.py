@@ -3,9 +3,10 @@ codes, and the small formatting helpers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -35,28 +36,34 @@ class CommandError(click.ClickException):
         click.echo(f"agent-datastore: {self.format_message()}", err=True)
 
 
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Turns the store's errors into one line and an exit code, never a traceback: around the
+    group's commands, and around each line of a shell session."""
+    try:
+        yield
+    except DataStoreUnavailable as exc:
+        raise CommandError(exc.detail, EXIT_UNAVAILABLE) from exc
+    except DataStoreError as exc:
+        raise CommandError(exc.detail, EXIT_REFUSED) from exc
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    except OSError as exc:  # a file that cannot be read or written
+        raise CommandError(f"{exc.strerror or exc}: {exc.filename}", EXIT_USAGE) from exc
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise  # click's own ways out, with their exit codes
+    except KeyboardInterrupt:
+        raise CommandError("interrupted", EXIT_INTERRUPTED) from None
+    except Exception as exc:  # a bug or corrupt data: still one line, with its own code
+        raise CommandError(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL) from exc
+
+
 class _Group(click.Group):
-    """Turns the store's errors into one line and an exit code, never a traceback."""
+    """Runs each command inside ``_translated_errors``."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with _translated_errors():
             return super().invoke(ctx)
-        except DataStoreUnavailable as exc:
-            raise CommandError(exc.detail, EXIT_UNAVAILABLE) from exc
-        except DataStoreError as exc:
-            raise CommandError(exc.detail, EXIT_REFUSED) from exc
-        except (TypeError, ValueError) as exc:
-            raise CommandError(str(exc), EXIT_USAGE) from exc
-        except OSError as exc:  # a file that cannot be read or written
-            raise CommandError(f"{exc.strerror or exc}: {exc.filename}", EXIT_USAGE) from exc
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise  # click's own ways out, with their exit codes
-        except KeyboardInterrupt:
-            raise CommandError("interrupted", EXIT_INTERRUPTED) from None
-        except Exception as exc:  # a bug or corrupt data: still one line, with its own code
-            raise CommandError(
-                f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL
-            ) from exc
 
 
 def _store(ctx: click.Context) -> DataStore:
