@@ -77,7 +77,8 @@ def test_errors_of_each_kind_are_reported_as_on_the_command_line_and_the_session
         "set u a k '{oops'",  # invalid input: 2
         "set u a",  # click: a missing argument
         "keys u a --colour",  # click: an unknown option
-        "delete u a k",  # destructive, off a terminal, without --yes
+        "set u a d 0",
+        "delete u a d",  # destructive, off a terminal, without --yes
         "nosuch",
         "set u a k 'unbalanced",
         "set u a k 1",
@@ -96,14 +97,14 @@ def test_errors_of_each_kind_are_reported_as_on_the_command_line_and_the_session
         "Try 'agent-datastore keys --help' for help.",
         "",
         "Error: No such option '--colour'.",
-        "agent-datastore: Delete 'k' from u/a/default? Refusing without --yes when not on a "
+        "agent-datastore: Delete 'd' from u/a/default? Refusing without --yes when not on a "
         "terminal.",
         "agent-datastore: no such command 'nosuch'; 'help' lists them",
         "agent-datastore: cannot split the line: no closing quotation",
     ]
     # the lines after the failures still ran
-    assert result.stdout.startswith("set 'k' in u/a/default\n")
-    assert json.loads(result.stdout.split("\n", 1)[1])["value"] == 1
+    assert result.stdout.startswith("set 'd' in u/a/default\nset 'k' in u/a/default\n")
+    assert json.loads(result.stdout.split("\n", 2)[2])["value"] == 1
     assert result.exit_code == 1  # the first failure's
 
 
@@ -523,3 +524,11 @@ def test_an_empty_histfile_variable_keeps_no_history(
     session.type(b"\x04")
     assert session.close() == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_import_from_standard_input_is_refused_in_a_piped_session(tmp_path: Path) -> None:
+    # the script is standard input: "import -" would take the lines after it as items
+    result = shell("import -", "set u a k 1", "keys u a")
+    assert result.exit_code == 2
+    assert "standard input holds the shell's script" in result.stderr
+    assert result.stdout == "set 'k' in u/a/default\nk\n"

@@ -304,6 +304,8 @@ def shell(ctx: click.Context, stop_on_error: bool) -> None:
     assert isinstance(group, click.Group)
     session = _Session(ctx, group)
     on_terminal = _on_terminal()
+    # standard input holds the script: "import -" must not read the lines after it as items
+    ctx.ensure_object(dict)["script_on_stdin"] = not on_terminal
     terminal = _Terminal(group) if on_terminal else None
     lines: Iterator[tuple[str, int]] = (
         _prompted_lines(terminal) if terminal else ((line, 0) for line in _piped_lines())

@@ -388,6 +388,10 @@ def import_(
     """
     if agent_name is not None and user_id is None:
         raise click.UsageError("--agent needs --user", ctx)
+    if file == "-" and ctx.ensure_object(dict).get("script_on_stdin"):
+        raise click.UsageError(
+            "standard input holds the shell's script, not items: import a FILE instead", ctx
+        )
     # opening the input itself for the rejects would empty it
     if (
         rejects is not None
