@@ -60,6 +60,9 @@ __all__ = [
 ]
 
 _SIMPLE = _core.SIMPLE_COLLATION
+# what json.loads skips around a value (RFC 8259): a line of only these is blank; any other
+# character (str.strip would also drop \x1c-\x1f and \u2028) makes it a line to import or reject
+_JSON_WHITESPACE = " \t\r\n"
 _SCOPE_ORDER = [("userId", 1), ("agentName", 1), ("namespace", 1), ("key", 1)]
 _STRING_FIELDS = ("userId", "agentName", "namespace", "key")
 _DATE_FIELDS = ("createdAt", "updatedAt")
@@ -494,7 +497,7 @@ def import_items(
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             if number == 1:
                 text = text.removeprefix("\ufeff")  # a byte order mark some editors add
-            if text.strip():
+            if text.strip(_JSON_WHITESPACE):
                 item_filter, update = _restore(store, json.loads(text))
                 if outside is not None and (
                     item_filter["userId"] != user_id

@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if min([*arguments.sizes, arguments.value_bytes, arguments.samples]) < 1:
         parser.error("sizes, --value-bytes and --samples must be at least 1")
+    if arguments.update_docs and arguments.source is None and arguments.out is None:
+        # the docs' figures must come from a file that is kept (the committed JSON), never
+        # from a measurement saved nowhere
+        parser.error("--update-docs needs --from FILE or --out FILE")
     if arguments.source is not None:
         if arguments.sizes:
             parser.error("--from measures nothing: give no sizes")

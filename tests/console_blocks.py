@@ -16,6 +16,12 @@ A console block is a terminal transcript:
   runs where it starts, before the page's later ``$`` commands.
 - A line ``^C`` means Ctrl-C: once everything shown before it has been printed, the command
   gets SIGINT; the lines after it are what it prints then, until it exits.
+- A command that exits with a status other than 0 must be followed, in its block, by
+  ``$ echo $?`` showing that status (a session's status is not checked: it is known only when
+  the session ends).
+- A block is either commands (it starts with ``$``) or the continuation of a session (it
+  starts with the prompt), never both; no other fenced block may hold a ``$`` or prompt line,
+  so that nothing that looks like a transcript goes unchecked.
 
 The blocks of one page run in order in one temporary directory (the page's working folder
 and ``$HOME``), sharing exported variables and ``$?``; no ``AGENT_DATASTORE_*`` variable is set
@@ -77,7 +83,7 @@ class Block:
 
 def console_blocks(page: str) -> list[Block]:
     blocks = []
-    for match in re.finditer(r"^```console\n(.*?)^```", page, re.MULTILINE | re.DOTALL):
+    for match in re.finditer(r"^```console[^\n]*\n(.*?)^```", page, re.MULTILINE | re.DOTALL):
         first = page.count("\n", 0, match.start()) + 2
         lines = match.group(1).splitlines()
         commands: list[Command] = []
@@ -90,6 +96,10 @@ def console_blocks(page: str) -> list[Block]:
                     commands.append(Command(pending, number))
                     pending = None
             elif line.startswith("$ "):
+                if continuation:
+                    raise AssertionError(
+                        f"line {number}: a block that goes on with a session holds no $ command"
+                    )
                 if line.endswith("\\"):
                     pending = line[2:]
                 else:
@@ -101,6 +111,14 @@ def console_blocks(page: str) -> list[Block]:
             else:
                 raise AssertionError(f"line {number}: a console block starts with $ or the prompt")
         blocks.append(Block(first, commands, continuation))
+    for match in re.finditer(r"^```(?!console)([^\n]*)\n(.*?)^```", page, re.MULTILINE | re.DOTALL):
+        for line in match.group(2).splitlines():
+            if line.startswith(("$ ", PROMPT)):
+                first = page.count("\n", 0, match.start()) + 1
+                raise AssertionError(
+                    f"the ```{match.group(1)} block at line {first} holds a transcript line, "
+                    f"which only a ```console block has checked: {line!r}"
+                )
     return blocks
 
 
@@ -227,7 +245,7 @@ def run_page(page_path: Path, folder: Path) -> int:
             assert session is not None, f"line {block.line}: no session to go on with"
             sessions[id(session)].append(block)
     for block in blocks:
-        for command in block.commands:
+        for index, command in enumerate(block.commands):
             shown, typed = command.printed, command.typed
             if command.starts_session:
                 for later in sessions[id(command)]:
@@ -245,6 +263,13 @@ def run_page(page_path: Path, folder: Path) -> int:
                 raise AssertionError(
                     f"{page_path.name} line {command.line}: $ {command.text}\n{problem}\n"
                     "printed:\n" + "\n".join(printed)
+                )
+            following = block.commands[index + 1 : index + 2]
+            shown_status = bool(following) and following[0].text.strip() == "echo $?"
+            if page.status and not command.starts_session and not shown_status:
+                raise AssertionError(
+                    f"{page_path.name} line {command.line}: $ {command.text}\nexited "
+                    f"{page.status}, which the block does not show with $ echo $?"
                 )
             ran += 1
     return ran

@@ -52,3 +52,11 @@ def test_doctor_json_when_the_database_refuses_prints_the_error_and_exits_4(
         "error": "database error (OperationFailure: not authorized)",
     }
     assert result.stderr == "agent-datastore: database error (OperationFailure: not authorized)\n"
+
+
+def test_doctor_json_prints_json_for_a_uri_that_is_not_one() -> None:
+    result = CliRunner().invoke(cli, ["--uri", "notascheme://x", "doctor", "--json"])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False
+    assert report["error"] in result.stderr

@@ -532,3 +532,19 @@ def test_import_from_standard_input_is_refused_in_a_piped_session(tmp_path: Path
     assert result.exit_code == 2
     assert "standard input holds the shell's script" in result.stderr
     assert result.stdout == "set 'k' in u/a/default\nk\n"
+
+
+def test_import_of_dev_stdin_is_refused_in_a_piped_session(tmp_path: Path) -> None:
+    # standard input under another name is still the script
+    script = "import /dev/stdin\n" + "".join(f"set u a k{i} {i}\n" for i in range(3))
+    result = subprocess.run(
+        [_script(), "shell"],
+        input=script,
+        capture_output=True,
+        text=True,
+        env=_environment(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "standard input holds the shell's script" in result.stderr
+    assert result.stdout.splitlines() == [f"set 'k{i}' in u/a/default" for i in range(3)]

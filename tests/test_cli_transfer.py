@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -787,3 +788,94 @@ def test_nightly_export_archives_import_directly(backups: Path, target: DataStor
     imported = run(target, "import", str(newest))
     assert imported.stdout == "imported 3 items, rejected 0 lines\n"
     assert target.proxy("ada", "indexer").get("k2") == 2
+
+
+def test_a_termination_signal_during_an_export_leaves_the_target_and_no_temporary_file(
+    store: DataStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cron's timeout sends SIGTERM: the export stops as for Ctrl-C, and cleans up
+    backup = tmp_path / "items.jsonl"
+    backup.write_bytes(b"yesterday's export\n")
+    real_lines = admin.export_lines
+
+    def lines_then_sigterm(*args: Any) -> Iterator[tuple[str | None, str | None]]:
+        for number, entry in enumerate(real_lines(*args)):
+            if number == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield entry
+
+    class Unhandled(Exception):
+        pass
+
+    def outside_the_command(signal_number: int, _frame: object) -> None:
+        raise Unhandled  # what the signal would do if the command left it to its caller
+
+    monkeypatch.setattr(admin, "export_lines", lines_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, outside_the_command)
+    try:
+        result = run(store, "export", "-o", str(backup))
+        # the handler the command found is back
+        assert signal.getsignal(signal.SIGTERM) is outside_the_command
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert "terminated by SIGTERM" in result.stderr
+    assert backup.read_bytes() == b"yesterday's export\n"
+    assert only_file(tmp_path) == ["items.jsonl"]
+
+
+def test_export_to_a_name_ending_in_a_slash_refuses(store: DataStore, tmp_path: Path) -> None:
+    result = run(store, "export", "-o", f"{tmp_path}/newdir/")
+    assert result.exit_code == 2
+    assert "names a directory" in result.stderr
+    assert only_file(tmp_path) == []
+
+
+def test_import_on_the_embedded_default_refuses(tmp_path: Path) -> None:
+    # a restore into a store that vanishes with the command would report success for nothing
+    dump = write_lines(tmp_path / "items.jsonl", [line("a")])
+    result = CliRunner().invoke(cli, ["import", str(dump)], env={"AGENT_DATASTORE_URI": None})
+    assert result.exit_code == 2
+    assert "nowhere to import" in result.stderr
+    assert result.stdout == ""
+
+
+def test_rejects_naming_standard_input_refuses_and_leaves_the_backup(tmp_path: Path) -> None:
+    # "import - --rejects F < F" would empty F before reading it
+    assert SCRIPT
+    backup = write_lines(tmp_path / "backup.jsonl", [line("a"), b"not json"])
+    kept = backup.read_bytes()
+    with backup.open("rb") as stdin:
+        result = subprocess.run(
+            [SCRIPT, "--uri", "mongomock://", "import", "-", "--rejects", str(backup)],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert "--rejects names the file being imported" in result.stderr
+    assert backup.read_bytes() == kept
+
+
+def test_a_refused_input_leaves_an_old_rejects_file_alone(
+    target: DataStore, tmp_path: Path
+) -> None:
+    compressed = tmp_path / "items.jsonl.bz2"
+    compressed.write_bytes(bz2.compress(line("a") + b"\n"))
+    rejects = tmp_path / "rejects.jsonl"
+    rejects.write_text('{"line": 7, "reason": "kept"}\n')
+    result = run(target, "import", str(compressed), "--rejects", str(rejects))
+    assert result.exit_code == 2
+    assert rejects.read_text() == '{"line": 7, "reason": "kept"}\n'
+
+
+def test_a_line_of_control_characters_is_rejected_not_skipped_as_blank(
+    target: DataStore, tmp_path: Path
+) -> None:
+    # str.strip() takes \x1c-\x1f and \u2028 for spaces; JSON does not
+    dump = write_lines(tmp_path / "items.jsonl", [line("a"), b"\x1f", "\u2028".encode(), b"  "])
+    result = run(target, "import", str(dump))
+    assert result.exit_code == 4
+    assert result.stdout == "imported 1 item, rejected 2 lines\n"
+    assert [entry.split(":")[2] for entry in result.stderr.splitlines()] == ["2", "3"]

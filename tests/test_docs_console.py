@@ -128,3 +128,25 @@ def test_bash_blocks_are_valid_and_their_agent_datastore_commands_parse(page: Pa
                 raise AssertionError(f"{page.name}: {error.format_message()}\n{block}") from None
         except click.UsageError as error:
             raise AssertionError(f"{page.name}: {error.format_message()}\n{block}") from None
+
+
+def test_a_failing_command_must_show_its_exit_status(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("```console\n$ echo no; false\nno\n```\n")
+    with pytest.raises(AssertionError, match="does not show with"):
+        run_page(page, tmp_path)
+    page.write_text("```console\n$ echo no; false\nno\n$ echo $?\n1\n```\n")
+    assert run_page(page, tmp_path) == 2
+
+
+def test_nothing_that_looks_like_a_transcript_escapes_the_runner(tmp_path: Path) -> None:
+    # a fence with a title is still a console block, and so is checked
+    titled = '```console title="x"\n$ echo one\ntwo\n```\n'
+    assert console_blocks(titled)[0].commands[0].shown == ["two"]
+    # a session's lines and a command in one block: neither could be checked as shown
+    mixed = "```console\nagent-datastore> users\nada\n$ echo one\none\n```\n"
+    with pytest.raises(AssertionError, match="holds no \\$ command"):
+        console_blocks(mixed)
+    # a transcript in another kind of block
+    with pytest.raises(AssertionError, match="only a ```console block has checked"):
+        console_blocks("```text\n$ agent-datastore users\nada\n```\n")

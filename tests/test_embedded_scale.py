@@ -82,3 +82,15 @@ def test_replacing_the_marked_table_keeps_the_rest_of_the_page() -> None:
     replaced = script.replace_marked(page, "| new |")
     assert replaced == f"before\n{script.BEGIN_MARKER}\n| new |\n{script.END_MARKER}\nafter\n"
     assert script.marked(replaced) == "| new |"
+
+
+def test_updating_the_docs_needs_figures_that_are_kept() -> None:
+    # a measurement saved nowhere would leave the docs without their source
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "10", "--update-docs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--update-docs needs --from FILE or --out FILE" in result.stderr

@@ -48,8 +48,9 @@ def _translated_errors() -> Iterator[None]:
         raise CommandError(exc.detail, EXIT_REFUSED) from exc
     except (TypeError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
-    except OSError as exc:  # a file that cannot be read or written
-        raise CommandError(f"{exc.strerror or exc}: {exc.filename}", EXIT_USAGE) from exc
+    except OSError as exc:  # a file that cannot be read or written (or a closed pipe)
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        raise CommandError(f"{exc.strerror or exc}{where}", EXIT_USAGE) from exc
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise  # click's own ways out, with their exit codes
     except KeyboardInterrupt:

@@ -9,7 +9,6 @@ import click
 
 from .. import admin
 from .._core import ENSURE_INDEXES_TIMEOUT
-from .._exceptions import DataStoreError, DataStoreUnavailable
 from ._base import (
     EXIT_NOT_FOUND,
     CommandError,
@@ -22,6 +21,7 @@ from ._base import (
     _print_names,
     _store,
     _table,
+    _translated_errors,
     _yes_option,
     cli,
 )
@@ -287,16 +287,17 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     """Check the connection, the index and the documents.
 
     Exits 0 when healthy, 1 when a check fails, 3 when the database cannot be reached (4
-    when it refuses). --json prints a JSON object in every case: without a database,
-    {"healthy": false, "error": ...}."""
+    when it refuses, 2 for a URI that is not one). --json prints a JSON object in every
+    case: when the checks cannot run, {"healthy": false, "error": ...}."""
     try:
-        report = admin.doctor(_store(ctx))
-    except (DataStoreUnavailable, DataStoreError) as exc:
+        with _translated_errors():
+            report = admin.doctor(_store(ctx))
+    except CommandError as exc:
         if as_json:
             # a monitor reading stdout gets its answer even when there is no store to ask; the
             # error is the line text mode prints, and nothing more of the database
-            _print_json({"healthy": False, "error": str(exc.detail)})
-        raise  # the group prints that line on stderr and exits 3 (or 4)
+            _print_json({"healthy": False, "error": exc.format_message()})
+        raise  # the group prints that line on stderr, with its exit code
     if as_json:
         _print_json(report)
     else:

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shlex
+import signal
 import stat
 import sys
 import zlib
@@ -54,6 +55,55 @@ def _lines(count: int) -> str:
 def _naming(exc: OSError, path: str) -> OSError:
     """The same error, about the path the user gave (not a temporary or resolved one)."""
     return OSError(exc.errno, exc.strerror or str(exc), path)
+
+
+def _is_standard_input(path: str) -> bool:
+    """Whether ``path`` is standard input under any name (``-``, ``/dev/stdin``, the very file
+    or pipe that is redirected to it)."""
+    if path == "-":
+        return True
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdin.fileno()))
+    except (OSError, ValueError, AttributeError):  # no standard input to compare with
+        return False
+
+
+def _same_file(path: str, other: str) -> bool:
+    if _is_standard_input(other):
+        return _is_standard_input(path)
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP (cron's timeout, a closed terminal) during an export or an import:
+    raised where the command is, so that it cleans up as for Ctrl-C."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.exit_code = 128 + signal_number
+
+
+@contextlib.contextmanager
+def _terminations_raise() -> Iterator[None]:
+    names = ("SIGTERM", "SIGHUP")
+    signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
+
+    def raise_terminated(signal_number: int, _frame: object) -> None:
+        raise _Terminated(signal_number)
+
+    try:
+        previous = {number: signal.signal(number, raise_terminated) for number in signals}
+    except ValueError:  # not the main thread: signals stay as they were
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class _ExportTarget:
@@ -204,6 +254,8 @@ def export_(
             "AGENT_DATASTORE_URI=URI",
             EXIT_USAGE,
         )
+    if output != "-" and output.endswith(("/", os.sep)):
+        raise CommandError(f"{output} names a directory: give the file to write", EXIT_USAGE)
     store = _store(ctx)
     total = admin.count_items(store, user, agent, namespace)
     written, skipped = 0, 0
@@ -213,7 +265,9 @@ def export_(
         raise _naming(exc, output) from exc
     gate = _Gate(target.file)
     out: IO[bytes] | gzip.GzipFile = target.file
+    terminations = contextlib.ExitStack()
     try:
+        terminations.enter_context(_terminations_raise())
         if compress:
             # no name or time in the header: the same items give the same bytes
             out = gzip.GzipFile(
@@ -245,7 +299,13 @@ def export_(
         target.discard()
         if isinstance(exc, OSError):
             raise _naming(exc, output) from exc
+        if isinstance(exc, _Terminated):
+            raise CommandError(
+                f"terminated by {exc}: {output} was left as it was", exc.exit_code
+            ) from None
         raise
+    finally:
+        terminations.close()
     report = {"exported": written, "skipped": skipped, "file": output}
     if output != "-":
         text = f"exported {_items(written)} to {output}"
@@ -384,31 +444,27 @@ def import_(
     FILE is a file written by export, or - for standard input, plain or gzip (recognized by
     its first bytes). A line that cannot be imported is rejected, reported by its number as it is
     met, and the import goes on (exit 4). Only a database failure stops it, saying how many
-    items were written and the --skip that resumes it.
+    items were written and the --skip that resumes it. Without --uri or AGENT_DATASTORE_URI
+    there is nowhere to import (a new store in memory would vanish with the command): exit 2.
     """
     if agent_name is not None and user_id is None:
         raise click.UsageError("--agent needs --user", ctx)
-    if file == "-" and ctx.ensure_object(dict).get("script_on_stdin"):
+    if _opens_new_embedded_store(ctx):
+        raise CommandError(
+            "nowhere to import: without --uri or AGENT_DATASTORE_URI the store would be a new "
+            "one in memory, gone when the command ends; name the store with --uri URI or "
+            "AGENT_DATASTORE_URI=URI (--uri mongomock:// to check that a file reads back)",
+            EXIT_USAGE,
+        )
+    if _is_standard_input(file) and ctx.ensure_object(dict).get("script_on_stdin"):
         raise click.UsageError(
             "standard input holds the shell's script, not items: import a FILE instead", ctx
         )
     # opening the input itself for the rejects would empty it
-    if (
-        rejects is not None
-        and file != "-"
-        and os.path.exists(rejects)
-        and os.path.samefile(rejects, file)
-    ):
+    if rejects is not None and _same_file(rejects, file):
         raise click.UsageError("--rejects names the file being imported", ctx)
     with contextlib.ExitStack() as stack:
-        sink = None
-        if rejects is not None:
-            try:
-                sink = stack.enter_context(
-                    open(rejects, "w", encoding="utf-8", errors="backslashreplace", buffering=1)
-                )
-            except OSError as exc:
-                raise _naming(exc, rejects) from exc
+        sink: IO[str] | None = None
 
         def on_reject(number: int, reason: str) -> None:
             if sink is None and not as_json:
@@ -424,6 +480,14 @@ def import_(
         size = Path(file).stat().st_size if file != "-" else 0
         bar = stack.enter_context(_progress(size, "import"))
         stream = _open_input(file, stack, bar.update)
+        if rejects is not None:  # only now: a refused input leaves an old rejects file alone
+            try:
+                sink = stack.enter_context(
+                    open(rejects, "w", encoding="utf-8", errors="backslashreplace", buffering=1)
+                )
+            except OSError as exc:
+                raise _naming(exc, rejects) from exc
+        stack.enter_context(_terminations_raise())
         imports = admin.import_items(
             store,
             _numbered_lines(stream, admin.MAX_LINE_BYTES),
@@ -455,6 +519,8 @@ def import_(
             stop(exc.detail, EXIT_REFUSED)
         except KeyboardInterrupt:
             stop("interrupted", EXIT_INTERRUPTED)
+        except _Terminated as exc:
+            stop(f"terminated by {exc}", exc.exit_code)
         except _UnreadableInput as exc:
             stop(f"{file}: cannot read past line {exc.after_line} ({exc})", EXIT_USAGE)
     if as_json:
