@@ -17,6 +17,8 @@ from typing import Any
 
 from mockupdb import MockupDB, Request
 
+from .wire import stop_promptly
+
 _SCOPE = ("userId", "agentName", "namespace", "key")
 
 
@@ -33,7 +35,7 @@ class StandInServer:
         return f"mongodb://{self.server.address_string}/standin"
 
     def stop(self) -> None:
-        self.server.stop()
+        stop_promptly(self.server)
 
     def put(self, document: dict[str, Any]) -> None:
         self.items[tuple(document[name] for name in _SCOPE)] = dict(document)

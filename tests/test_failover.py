@@ -20,6 +20,7 @@ from agent_datastore import DataStoreUnavailable, _core
 from agent_datastore import _operations as ops
 
 from .helpers import closed_port
+from .wire import stop_promptly
 
 # A selection gives up after this long: far shorter than the "elections" below, so that
 # every test call needs the store to select again, and long enough for the client's monitor
@@ -77,7 +78,7 @@ def member() -> Iterator[Member]:
         yield member
     finally:
         member.primary.set()
-        member.server.stop()
+        stop_promptly(member.server)
 
 
 def test_a_call_waits_out_an_election(member: Member) -> None:
