@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .helpers import interruptible
+
 PROMPT = "agent-datastore> "
 INTERRUPT = "^C"
 COMMAND_TIMEOUT = 120.0
@@ -186,8 +188,10 @@ class Page:
 
     def run(self, command: str, typed: list[str], interrupt_after: list[str] | None) -> list[str]:
         stdin = "".join(line + "\n" for line in typed).encode()
+        bash = ["bash", "-c", self._script(command)]
         process = subprocess.Popen(
-            ["bash", "-c", self._script(command)],
+            # Ctrl-C must reach a command even when the tests run with SIGINT ignored
+            bash if interrupt_after is None else interruptible(bash),
             cwd=self.environment.get("PWD", self.folder),  # where a block's cd left it
             env=self.environment,
             stdin=subprocess.PIPE,
@@ -202,11 +206,12 @@ class Page:
         output = b""
         deadline = time.monotonic() + COMMAND_TIMEOUT
         interrupted = interrupt_after is None
-        with selectors.DefaultSelector() as selector:
+        with process.stdout, selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
             while True:
                 if time.monotonic() > deadline:
                     os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
                     raise AssertionError(f"{command!r} ran longer than {COMMAND_TIMEOUT} s")
                 if not selector.select(timeout=0.2):
                     continue
@@ -220,7 +225,6 @@ class Page:
                     if len(lines) >= len(interrupt_after) and output.endswith(b"\n"):
                         os.killpg(process.pid, signal.SIGINT)
                         interrupted = True
-        process.stdout.close()
         self.status = process.wait(timeout=COMMAND_TIMEOUT)
         self._restore()
         return output.decode(errors="replace").splitlines()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -60,3 +61,17 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def interruptible(command: list[str]) -> list[str]:
+    """``command`` with SIGINT back at its default action. A test run started with SIGINT
+    ignored (nohup, a background job, some CI runners) passes that on to every child, which
+    then never sees the Ctrl-C a test sends; a disposition reset before ``exec`` survives it
+    (unlike ``preexec_fn``, this is safe in a process with threads)."""
+    return [sys.executable, "-c", _DEFAULT_SIGINT, *command]

@@ -26,6 +26,8 @@ from agent_datastore.cli import cli
 from agent_datastore.cli._base import _opens_new_embedded_store
 from agent_datastore.cli._shell import _completions
 
+from .helpers import interruptible
+
 NOTICE = "using a new in-memory store; nothing persists"
 
 
@@ -286,7 +288,7 @@ def test_off_a_terminal_ctrl_c_ends_the_script(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     session = subprocess.Popen(
-        [_script(), "shell"],
+        interruptible([_script(), "shell"]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -358,8 +360,9 @@ class _Pty:
         self.leader, follower = pty.openpty()
         # a new session takes the pty as its controlling terminal: Ctrl-C becomes SIGINT
         take_terminal = (
-            "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-            "os.execv(sys.argv[1], sys.argv[1:])"
+            "import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+            # SIGINT at its default: a test run with it ignored would pass that on
+            "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
         )
         self.process = subprocess.Popen(
             [sys.executable, "-c", take_terminal, _script(), *args],
