@@ -199,6 +199,17 @@ def _wait_until_held(store: RemoteStore, amount: int) -> None:
     raise AssertionError(f"the service holds {budget.used} bytes, not {amount}")
 
 
+def _wait_until_given_back(store: RemoteStore) -> None:
+    # the room is given back once the last piece has gone out, which the client may have
+    # read a moment before the service's task gets to its release
+    budget = store.app.state.inflight_budget
+    for _ in range(1_000):
+        if budget.used == 0:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the service still holds {budget.used} bytes")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_tenant_cannot_take_the_whole_budget_with_requests_in_parallel(
     service: ServiceThread, backend: str
@@ -354,7 +365,7 @@ def test_large_answers_are_sent_in_pieces_and_arrive_whole(
         assert [info.metadata for info in proxy.list_items()] == [{"m": "v" * 300_000}] * 3
         answer = _post(store, "get_many", {"keys": ["text", "list"]})
         assert int(answer.headers["content-length"]) == len(answer.content) > 256 * 1024
-        assert store.app.state.inflight_budget.used == 0
+        _wait_until_given_back(store)
 
 
 def test_an_answer_nobody_reads_loses_its_connection_and_gives_back_its_room(
