@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,43 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+class _AsyncClientCloses:
+    """Whether a test closed a pymongo ``AsyncMongoClient``. pymongo's async client leaves
+    unclosed the socket of a connection attempt that ``close()`` cancels
+    (``pool_shared._async_create_connection`` closes it only on ``OSError`` and
+    ``TimeoutError``, not on cancellation), so a test that closes one may leave such a socket
+    to the garbage collector, whose ResourceWarning would then fail whichever later test, or
+    the end of the run, it happens in. After such a test, and only then, it is collected."""
+
+    happened = False
+
+    @classmethod
+    def watch(cls) -> None:
+        from pymongo import AsyncMongoClient
+
+        close = AsyncMongoClient.close
+
+        async def noting_close(self: Any) -> None:
+            cls.happened = True
+            await close(self)
+
+        AsyncMongoClient.close = noting_close  # type: ignore[method-assign]
+        AsyncMongoClient.aclose = noting_close  # type: ignore[method-assign]  # an alias of close
+
+
+_AsyncClientCloses.watch()
+
+
+@pytest.fixture(autouse=True)
+def _collect_sockets_async_clients_leave() -> Iterator[None]:
+    _AsyncClientCloses.happened = False
+    yield
+    if _AsyncClientCloses.happened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,13 +56,8 @@ class Service:
         self.http.close()
         self.service.unmount(self.url)
         if isinstance(self.backend, agent_datastore.AsyncDataStore):
+            # the socket pymongo may leave behind is collected after the test (conftest.py)
             self.service.run(self.backend.aclose())
-            # pymongo's async client leaves unclosed the socket of a connection attempt that
-            # close() cancels (see tests/test_wire_async.py): collect it here, so that its
-            # ResourceWarning is not blamed on a later test
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResourceWarning)
-                gc.collect()
         else:
             self.backend.close()
 
