@@ -398,7 +398,9 @@ CRAFTED: dict[str, tuple[bytes, str]] = {
     "date without a zone": (line("x", createdAt="2026-01-01T00:00:00"), "time zone"),
     "nested 5,000 deep": (
         line("x", value=None).replace(b'"value": null', b'"value": ' + b"[" * 5000 + b"]" * 5000),
-        "nested too deeply to parse",
+        # up to 3.12 json stops at its recursion limit ("...to parse"); 3.13 parses it, and
+        # the store's 400-level limit refuses it ("value is nested too deeply")
+        "nested too deeply",
     ),
     "nested past the store's limit": (
         line("x", value=None).replace(b'"value": null', b'"value": ' + b"[" * 450 + b"]" * 450),
