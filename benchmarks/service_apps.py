@@ -84,6 +84,7 @@ def serve_bare(uri: str, port: int) -> None:
                 bare_app(client),
                 host="127.0.0.1",
                 port=port,
+                ws="none",
                 timeout_keep_alive=KEEP_ALIVE_SECONDS,
                 lifespan="off",
                 log_level="info",

@@ -61,7 +61,14 @@ class ServiceThread:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         config = uvicorn.Config(
-            self.mount, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            self.mount,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            # as agent_datastore.server.serve: no websockets, so no import of the websockets
+            # package, whose legacy module warns (an error here) under older uvicorns
+            ws="none",
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
