@@ -86,19 +86,28 @@ def test_errors_of_each_kind_are_reported_as_on_the_command_line_and_the_session
         "set u a k 1",
         "get u a k --json",
     )
+
+    def on_the_command_line(*args: str) -> list[str]:
+        # click's own usage error, as the command line prints it (its wording, "-h" or
+        # "--help" in the hint, varies between click versions)
+        alone = CliRunner().invoke(cli, list(args), prog_name="agent-datastore")
+        assert alone.exit_code == 2
+        return alone.stderr.splitlines()
+
+    missing_argument = on_the_command_line("set", "u", "a")
+    assert missing_argument[0] == "Usage: agent-datastore set [OPTIONS] USER AGENT KEY VALUE"
+    assert missing_argument[-1].startswith("Error: Missing argument")
+    assert "KEY" in missing_argument[-1]
+    unknown_option = on_the_command_line("keys", "u", "a", "--colour")
+    assert unknown_option[-1].startswith("Error: No such option")
+    assert "--colour" in unknown_option[-1]
     assert result.stderr.splitlines() == [
         "agent-datastore: no --uri or AGENT_DATASTORE_URI: " + NOTICE,
         "agent-datastore: no key 'nope' in u/a/default",
         "agent-datastore: VALUE is not valid JSON: Expecting property name enclosed in double "
         "quotes: line 1 column 2 (char 1)",
-        "Usage: agent-datastore set [OPTIONS] USER AGENT KEY VALUE",
-        "Try 'agent-datastore set --help' for help.",
-        "",
-        "Error: Missing argument 'KEY'.",
-        "Usage: agent-datastore keys [OPTIONS] USER AGENT",
-        "Try 'agent-datastore keys --help' for help.",
-        "",
-        "Error: No such option '--colour'.",
+        *missing_argument,
+        *unknown_option,
         "agent-datastore: Delete 'd' from u/a/default? Refusing without --yes when not on a "
         "terminal.",
         "agent-datastore: no such command 'nosuch'; 'help' lists them",
