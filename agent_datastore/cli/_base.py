@@ -129,8 +129,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _counted(count: int, noun: str) -> str:
+    """``1 item``, ``2 items``: a count with its noun in the right number."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _items(count: int) -> str:
-    return f"{count} item" if count == 1 else f"{count} items"
+    return _counted(count, "item")
 
 
 def _print_names(names: list[str], as_json: bool) -> None:

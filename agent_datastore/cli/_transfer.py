@@ -28,6 +28,7 @@ from ._base import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CommandError,
+    _counted,
     _items,
     _json_flag,
     _opens_new_embedded_store,
@@ -46,10 +47,6 @@ _MAGIC_BYTES = 6  # enough of the input's start to tell all of them apart
 _SKIP_CHUNK = 1 << 20
 # gzip(1)'s own default: level 9 is several times slower for a few percent less.
 _GZIP_LEVEL = 6
-
-
-def _lines(count: int) -> str:
-    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 def _naming(exc: OSError, path: str) -> OSError:
@@ -528,7 +525,7 @@ def import_(
             {"imported": report.imported, "rejected": report.rejected, "skipped": report.skipped}
         )
     else:
-        text = f"imported {_items(report.imported)}, rejected {_lines(report.rejected)}"
-        click.echo(text + (f", skipped {_lines(report.skipped)}" if skip else ""))
+        text = f"imported {_items(report.imported)}, rejected {_counted(report.rejected, 'line')}"
+        click.echo(text + (f", skipped {_counted(report.skipped, 'line')}" if skip else ""))
     if report.rejected:
         ctx.exit(EXIT_REFUSED)
