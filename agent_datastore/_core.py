@@ -35,6 +35,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bson
+from bson.regex import Regex
 
 from . import _codec
 from ._exceptions import DataStoreError
@@ -54,27 +55,33 @@ __all__ = [
     "MAX_STATEMENT_BYTES",
     "MAX_TTL",
     "MIN_INT64",
+    "NAMESPACE_SEPARATOR",
     "SIMPLE_COLLATION",
     "TTL_INDEX_KEYS",
     "TTL_INDEX_NAME",
+    "WITHIN",
     "Clock",
     "Scope",
     "Write",
     "as_utc",
     "check_amount",
+    "check_found_items",
     "check_if_version",
     "check_key",
     "check_keys",
     "check_limit",
     "check_max_value_bytes",
     "check_metadata",
+    "check_metadata_name",
     "check_name",
+    "check_offset",
     "check_prefix",
     "check_ttl",
     "increment_result",
     "is_live",
     "key_prefix_pattern",
     "live_query",
+    "namespace_condition",
     "set_conflict",
     "statement_size",
     "utc_now",
@@ -293,6 +300,70 @@ def key_prefix_pattern(prefix: str) -> str:
     return "^" + re.escape(prefix).replace("\x00", "\\x00")
 
 
+NAMESPACE_SEPARATOR = "."
+"""What separates the labels of a namespace path (``a.b`` is below ``a``): what ``within``
+"subtree" of ``find_items`` follows. A namespace is any string; only searches read it as a
+path."""
+WITHIN = ("namespace", "subtree", "agent")
+"""The namespaces a search looks in: the scope's own, the scope's and those below it, or every
+namespace of the scope's agent."""
+
+
+def namespace_condition(namespace: str, within: object) -> dict[str, Any]:
+    """The query condition on the ``namespace`` field of a search ``within`` (see ``WITHIN``)
+    ``namespace``: ``{}`` for the whole agent.
+
+    Below a namespace means starting with it and the separator. The namespace itself and an
+    anchored literal prefix in one ``$in``: MongoDB's planner unions the point and the prefix
+    range into the index bounds of one scan, which reads namespaces in index order, so a sort
+    on (namespace, key) needs no sort stage."""
+    if within == "namespace":
+        return {"namespace": namespace}
+    if within == "subtree":
+        below = Regex(key_prefix_pattern(namespace + NAMESPACE_SEPARATOR))
+        return {"namespace": {"$in": [namespace, below]}}
+    if within == "agent":
+        return {}
+    if not isinstance(within, str):
+        raise TypeError(f"within must be a str, not {type(within).__name__}")
+    raise ValueError(f"within must be one of {', '.join(WITHIN)}, not {within!r}")
+
+
+def check_found_items(items: object) -> dict[str, list[str]]:
+    """The (namespace, key) pairs of a ``refresh_expiry``, as the distinct keys of each
+    namespace, checked as names and keys are, and bounded as ``check_keys`` bounds one list."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        kind = type(items).__name__
+        raise TypeError(f"items must be a list of (namespace, key) pairs, not {kind}")
+    by_namespace: dict[str, dict[str, None]] = {}
+    for pair in items:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"each item must be a (namespace, key) pair, not {pair!r:.100}")
+        namespace = check_name(pair[0], "namespace")
+        by_namespace.setdefault(namespace, {})[check_key(pair[1])] = None
+    size = sum(
+        _codec.string_size(namespace) + sum(map(_codec.string_size, keys)) + 8 * len(keys) + 64
+        for namespace, keys in by_namespace.items()
+    )
+    if size > _MAX_KEY_LIST_BYTES:
+        raise ValueError(
+            f"refresh_expiry of {sum(map(len, by_namespace.values()))} items needs a {size}-byte "
+            f"query, over MongoDB's {MAX_DOCUMENT_BYTES}-byte command limit; split them"
+        )
+    return {namespace: list(keys) for namespace, keys in by_namespace.items()}
+
+
+def check_metadata_name(name: object, what: str = "metadata name") -> str:
+    """A metadata name: a field of the item's ``metadata`` document."""
+    checked = check_name(name, what, MAX_KEY_BYTES)
+    if checked.startswith("$") or "." in checked or "\x00" in checked:
+        raise ValueError(
+            f"{what} {checked!r} must not start with '$' or contain '.' or NUL: "
+            "MongoDB could not update it as a field"
+        )
+    return checked
+
+
 def check_metadata(metadata: object) -> tuple[dict[str, Any], int]:
     """The ``$set`` paths for ``metadata`` (``metadata.<name>``) and their BSON size.
 
@@ -305,12 +376,7 @@ def check_metadata(metadata: object) -> tuple[dict[str, Any], int]:
     paths: dict[str, Any] = {}
     size = 5
     for name, value in metadata.items():
-        name = check_name(name, "metadata name", MAX_KEY_BYTES)
-        if name.startswith("$") or "." in name or "\x00" in name:
-            raise ValueError(
-                f"metadata name {name!r} must not start with '$' or contain '.' or NUL: "
-                "MongoDB could not update it as a field"
-            )
+        name = check_metadata_name(name)
         try:
             stored, value_size = _codec.encode(value, 3)
         except TypeError as exc:
@@ -339,6 +405,14 @@ def check_limit(limit: object) -> int:
     if not 1 <= limit <= MAX_INT64:
         raise ValueError(f"limit must be at least 1 (or None for no limit), not {limit}")
     return limit
+
+
+def check_offset(offset: object) -> int:
+    """How many results a search skips: 0 or more."""
+    offset = _check_int(offset, "offset")
+    if not 0 <= offset <= MAX_INT64:
+        raise ValueError(f"offset must be 0 or more, not {offset}")
+    return offset
 
 
 def check_ttl(ttl: object) -> timedelta | None:

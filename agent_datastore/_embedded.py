@@ -32,6 +32,7 @@ from typing import Any
 
 import bson
 from pymongo import ReturnDocument
+from pymongo.results import UpdateResult
 
 from ._codec import string_size
 from ._pipeline import run_pipeline
@@ -98,16 +99,18 @@ class LockedCollection:
         projection: Any = None,
         *,
         sort: Any = None,
+        skip: int = 0,
         limit: int = 0,
         **_: Any,  # batch_size and collation: the fake answers everything at once, binary
     ) -> Iterator[Any]:
         """The documents found, copied under the lock. A projection that computes sizes is
         applied to each document only when the caller reaches it, without the lock: a reader
         that stops early (``take_within``) never pays for the documents it leaves."""
+        options = {"sort": sort, "skip": skip, "limit": limit}
         with self._lock:
             if not _computes_fields(projection):
-                return iter(list(self._collection.find(filter, projection, sort=sort, limit=limit)))
-            documents = list(self._collection.find(filter, sort=sort, limit=limit))
+                return iter(list(self._collection.find(filter, projection, **options)))
+            documents = list(self._collection.find(filter, **options))
         return (_project(document, projection) for document in documents)
 
     def count_documents(self, filter: Mapping[str, Any], **_: Any) -> int:
@@ -129,6 +132,16 @@ class LockedCollection:
     ) -> None:
         with self._lock:
             self._write(filter, update, upsert)
+
+    def update_many(self, filter: Mapping[str, Any], update: Any, **_: Any) -> UpdateResult:
+        """Each matching document updated as ``update_one`` updates one (no upsert)."""
+        modified = 0
+        with self._lock:
+            ids = [document["_id"] for document in self._collection.find(filter, {"_id": 1})]
+            for document_id in ids:
+                before, after = self._write({"_id": document_id}, update, upsert=False)
+                modified += before != after
+        return UpdateResult({"n": len(ids), "nModified": modified}, acknowledged=True)
 
     def find_one_and_update(
         self,
@@ -252,6 +265,9 @@ class AsyncLockedCollection:
 
     async def update_one(self, *args: Any, **kwargs: Any) -> None:
         self._collection.update_one(*args, **kwargs)
+
+    async def update_many(self, *args: Any, **kwargs: Any) -> UpdateResult:
+        return self._collection.update_many(*args, **kwargs)
 
     async def find_one_and_update(self, *args: Any, **kwargs: Any) -> Any:
         return self._collection.find_one_and_update(*args, **kwargs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -31,7 +31,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from . import _core
+from . import _core, _filters
 from ._exceptions import DataStoreError, VersionConflict, translate
 from ._items import (
     ITEM_INFO_PROJECTION,
@@ -46,6 +46,7 @@ __all__ = [
     "ANSWER_SIZE",
     "DRIVER_ERRORS",
     "Command",
+    "FoundItem",
     "Operation",
     "Settings",
     "run_sync",
@@ -690,6 +691,117 @@ def _racing_upserts(exc: BulkWriteError, requests: list[UpdateOne]) -> list[Upda
     if any(error.get("code") != _DUPLICATE_KEY for error in errors):
         raise exc
     return [requests[error["index"]] for error in errors]
+
+
+# --------------------------------------------------------------- across namespaces
+#
+# A search across the namespaces of one user's agent, and the expiry refresh of what it found:
+# what the LangGraph store (integrations.langgraph) needs of the store, and the store service
+# serves for it. Each is one command.
+
+
+class FoundItem(NamedTuple):
+    """An item found by ``find_items``, with the namespace it is in."""
+
+    namespace: str
+    item: Item
+
+
+_FOUND_ITEM = {**ITEM_PROJECTION, "namespace": 1}
+_BY_NAMESPACE_AND_KEY = [("namespace", 1), ("key", 1)]
+
+
+def _found_items_command(
+    scope: _core.Scope,
+    settings: Settings,
+    within: object,
+    keys: object,
+    value_filter: object,
+    limit: object,
+    offset: object,
+    projection: Mapping[str, Any],
+    max_bytes: int = 0,
+) -> Command:
+    """The ``find`` of ``find_items``, with ``projection``."""
+    query: dict[str, Any] = {"userId": scope.user_id, "agentName": scope.agent_name}
+    query.update(_core.namespace_condition(scope.namespace, within))
+    if keys is not None:
+        query["key"] = {"$in": _core.check_keys(keys, "find_items")}
+    condition = _filters.value_query(value_filter)
+    if condition:
+        query["$and"] = [condition]
+    query.update(_core.live_query(settings.now))  # last, as in every read
+    options = {
+        # the index's order after userId and agentName: the scan gives it, no sort stage
+        "sort": _BY_NAMESPACE_AND_KEY,
+        "skip": _core.check_offset(offset),
+        "limit": _core.check_limit(limit),
+        "batch_size": _core.LISTING_BATCH_SIZE,
+        "collation": _SIMPLE,
+    }
+    return Command("find", (query, projection), options, max_bytes=max_bytes)
+
+
+def _found(document: Mapping[str, Any]) -> FoundItem:
+    return FoundItem(document["namespace"], item_from_document(document))
+
+
+def find_items(
+    scope: _core.Scope,
+    settings: Settings,
+    *,
+    within: object,
+    keys: object = None,
+    value_filter: object = None,
+    limit: object = None,
+    offset: object = 0,
+) -> Operation[list[FoundItem]]:
+    """The live items of ``scope``'s user and agent in the namespaces ``within`` names
+    (``_core.WITHIN``: ``scope.namespace``, it and those below it, or all), among ``keys``
+    if given (checked as ``get_many`` checks them), whose values match ``value_filter`` (a
+    LangGraph filter, ``_filters.value_query``), sorted by namespace then key (UTF-8 byte
+    order), ``offset`` of them skipped, at most ``limit`` (``None``: all).
+
+    One ``find``, served by the unique index: equalities on user and agent, the namespace
+    point or prefix, the keys; the rest is checked on the documents the scan reaches."""
+    command = _found_items_command(
+        scope, settings, within, keys, value_filter, limit, offset, _FOUND_ITEM
+    )
+    documents = yield command
+    return [_found(document) for document in documents]
+
+
+def refresh_expiry(
+    scope: _core.Scope, settings: Settings, items: object, ttl_field: object
+) -> Operation[int]:
+    """Restart the expiry of ``items`` (``(namespace, key)`` pairs of ``scope``'s user and
+    agent) that are live and expire: each then expires ``metadata[ttl_field]`` milliseconds
+    from now, where that is a number of milliseconds within ``_core.MAX_TTL``; items without
+    one are left as they are. ``updatedAt`` and ``version`` do not change: the item is not
+    written, only its expiry moved. The number of items changed; no command for no items.
+
+    One ``update`` of many documents whose pipeline reads each one's own length, so that
+    items of different lengths need no command each."""
+    by_namespace = _core.check_found_items(items)
+    name = _core.check_metadata_name(ttl_field, "ttl_field")
+    if not by_namespace:
+        return 0
+    agent = {"userId": scope.user_id, "agentName": scope.agent_name}
+    branches = [
+        {**agent, "namespace": namespace, "key": {"$in": keys}}
+        for namespace, keys in by_namespace.items()
+    ]
+    path = "metadata." + name
+    query: dict[str, Any] = branches[0] if len(branches) == 1 else {"$or": branches}
+    # a date after now: live, and expiring (a number compared with a date never matches)
+    query = {**query, "expiresAt": {"$gt": settings.now}}
+    query[path] = {"$gt": 0, "$lte": _MAX_TTL_MS}
+    pipeline = [{"$set": {"expiresAt": {"$add": [settings.now, "$" + path]}}}]
+    result = yield Command("update_many", (query, pipeline), {"collation": _SIMPLE})
+    return int(result.modified_count)
+
+
+_MAX_TTL_MS = _core.MAX_TTL // timedelta(milliseconds=1)
 
 
 # ------------------------------------------------------------------ for the store service

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bson.int64 import Int64
@@ -125,6 +125,13 @@ def _field(document: Any, path: str) -> Any:
 def _add(values: list[Any]) -> Any:
     if any(value is MISSING or value is None for value in values):
         return None
+    dates = [value for value in values if isinstance(value, datetime)]
+    if dates:
+        # a date and numbers of milliseconds (refresh_expiry's now + a stored length)
+        if len(dates) > 1:
+            raise OperationFailure("only one date allowed in an $add expression", code=16612)
+        numbers = [value for value in values if not isinstance(value, datetime)]
+        return dates[0] + timedelta(milliseconds=int(_add(numbers) if numbers else 0))
     if not all(bson_type(value) in ("int", "long", "double") for value in values):
         # what the server answers (code 16554) for, say, a version stored as a string
         raise OperationFailure("$add only supports numeric or date types", code=16554)
