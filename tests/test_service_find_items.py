@@ -98,7 +98,10 @@ def fill(remote: RemoteStore, users: tuple[str, ...] = ("user-1", "user-2")) -> 
     """In each namespace, the same keys for each user, whose values say whose they are."""
     for user in users:
         for namespace in NAMESPACES:
-            items = {f"k{n}": {"n": n, "user": user, "ns": namespace} for n in range(4)}
+            items = {
+                f"k{n}": {"n": n, "user": user, "ns": namespace, "tags": [namespace, n % 2]}
+                for n in range(4)
+            }
             remote.proxy(user, AGENT, namespace).set_many(items)
     # another agent of the same user, in the same namespaces: never found either
     remote.proxy("user-1", "agent-b", "a").set_many({"k0": {"n": 0, "user": "agent-b"}})
@@ -118,6 +121,7 @@ SEARCHES = [
     {"within": "subtree", "offset": 10},
     {"within": "agent", "value_filter": {"n": {"$gte": 2}}},
     {"within": "subtree", "value_filter": {"n": 1, "ns": "a.b"}, "limit": 3},
+    {"within": "agent", "value_filter": {"tags": ["a.b", 1], "ns": {"$ne": "b"}}},
     {"within": "agent", "keys": ["k3", "k1", "k3", "missing"], "offset": 2, "limit": 6},
     {"within": "namespace", "namespace": "é", "keys": ["k0", "k2"]},
 ]
