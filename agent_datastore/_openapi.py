@@ -27,6 +27,28 @@ _FIELDS: dict[str, dict[str, Any]] = {
     "start_after": {"type": "string"},
     "keys": {"type": "array", "items": _NAME},
     "items": {"type": "object", "propertyNames": {"minLength": 1}, "additionalProperties": _ANY},
+    "within": {"enum": list(_core.WITHIN)},
+    "filter": {
+        "type": "object",
+        "description": "A LangGraph search filter on the item's value, translated by the service.",
+    },
+    "offset": {"type": "integer", "minimum": 0},
+    "ttl_field": _NAME,
+}
+# Fields that mean something else in one operation than in the others.
+_OWN_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
+    "refresh_expiry": {
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "array",
+                "prefixItems": [_NAME, _NAME],
+                "minItems": 2,
+                "maxItems": 2,
+                "description": "[namespace, key]",
+            },
+        }
+    },
 }
 _DETAILS = {
     "key": {"type": "string"},
@@ -40,6 +62,11 @@ _ITEM = {
     "type": "object",
     "properties": {**_DETAILS, "value": _ANY},
     "required": [*_DETAILS, "value"],
+}
+_FOUND_ITEM = {
+    "type": "object",
+    "properties": {"namespace": {"type": "string"}, **_DETAILS, "value": _ANY},
+    "required": ["namespace", *_DETAILS, "value"],
 }
 _ITEM_INFO = {
     "type": "object",
@@ -63,6 +90,8 @@ _RESULTS: dict[str, dict[str, Any]] = {
     "get_many": {"type": "object", "additionalProperties": _ANY},
     "delete_many": _INT,
     "set_many": _INT,
+    "find_items": {"type": "array", "items": _FOUND_ITEM},
+    "refresh_expiry": _INT,
 }
 _SUMMARIES = {
     "get": "The value under a key (found: false when there is none).",
@@ -77,6 +106,14 @@ _SUMMARIES = {
     "get_many": "The values of those keys that exist, in the order asked.",
     "delete_many": "Delete those keys that exist; the number deleted.",
     "set_many": "Store several items at once; the number stored.",
+    "find_items": (
+        "One page of the agent's items in the namespace, below it, or anywhere (within), "
+        "by namespace then key, matching keys and filter, after offset (LangGraph search)."
+    ),
+    "refresh_expiry": (
+        "Restart the expiry of those [namespace, key] items whose metadata[ttl_field] holds "
+        "their length in milliseconds; the number refreshed (LangGraph refresh_ttl)."
+    ),
 }
 # What a get_many or list_items answer adds when it would pass the service's answer budget.
 _PAGING: dict[str, dict[str, Any]] = {
@@ -91,6 +128,12 @@ _PAGING: dict[str, dict[str, Any]] = {
         "more": {
             "type": "boolean",
             "description": "The page ended early: the listing goes on after its last key.",
+        }
+    },
+    "find_items": {
+        "more": {
+            "type": "boolean",
+            "description": "The page ended early: the search goes on at offset + its length.",
         }
     },
 }
@@ -127,7 +170,8 @@ def _operation_document(name: str) -> dict[str, Any]:
     body = {
         "type": "object",
         "properties": {
-            field: _FIELDS[field] for field in ("namespace", *spec.required, *spec.optional)
+            field: _OWN_FIELDS.get(name, {}).get(field, _FIELDS[field])
+            for field in ("namespace", *spec.required, *spec.optional)
         },
         "required": list(spec.required),
         "additionalProperties": False,

@@ -881,3 +881,37 @@ def list_items_within(
     documents, complete = yield command
     size = sum(_answer_size(document) for document in documents)
     return [item_info_from_document(document) for document in documents], complete, size
+
+
+_SIZED_FOUND_ITEM = {**_FOUND_ITEM, ANSWER_SIZE: _SIZE_OF_ROOT}
+
+
+def find_items_within(
+    scope: _core.Scope,
+    settings: Settings,
+    *,
+    within: object,
+    keys: object = None,
+    value_filter: object = None,
+    limit: object = None,
+    offset: object = 0,
+    max_bytes: int,
+) -> Operation[tuple[list[FoundItem], bool, int]]:
+    """``find_items`` reading at most about ``max_bytes`` of stored items (always one): the
+    page, whether it is all of the ``limit`` asked (if not, the search goes on at ``offset``
+    plus the page's length), and the stored size read. The same ``find``, with each
+    document's size added."""
+    command = _found_items_command(
+        scope,
+        settings,
+        within,
+        keys,
+        value_filter,
+        limit,
+        offset,
+        _SIZED_FOUND_ITEM,
+        max_bytes,
+    )
+    documents, complete = yield command
+    size = sum(_answer_size(document) for document in documents)
+    return [_found(document) for document in documents], complete, size

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
 
-from . import _core
+from . import _core, _filters
 from ._exceptions import (
     DataStoreError,
     DataStoreUnavailable,
@@ -32,6 +32,7 @@ from ._exceptions import (
     VersionConflict,
 )
 from ._items import Item, ItemInfo
+from ._operations import FoundItem
 
 __all__ = [
     "API_PREFIX",
@@ -47,12 +48,16 @@ __all__ = [
     "delete_many_calls",
     "dumps",
     "encode_error",
+    "find_items_calls",
+    "found_item_from_json",
+    "found_item_to_json",
     "get_many_calls",
     "item_from_json",
     "item_info_from_json",
     "item_info_to_json",
     "item_to_json",
     "listing",
+    "refresh_expiry_calls",
     "set_many_calls",
 ]
 
@@ -86,6 +91,11 @@ OPERATIONS: dict[str, Spec] = {
     "get_many": Spec(("keys",), (), idempotent=True),
     "delete_many": Spec(("keys",), (), idempotent=False),
     "set_many": Spec(("items",), ("metadata", "ttl_ms"), idempotent=False),
+    # for the LangGraph store (integrations.langgraph): a search across the agent's
+    # namespaces, and the expiry refresh of what it read (moving an expiry to now + its
+    # length twice leaves it where once would)
+    "find_items": Spec(("within", "limit"), ("keys", "filter", "offset"), idempotent=True),
+    "refresh_expiry": Spec(("items", "ttl_field"), (), idempotent=True),
 }
 
 
@@ -191,6 +201,14 @@ def item_to_json(item: Item) -> dict[str, Any]:
 
 def item_from_json(data: Mapping[str, Any]) -> Item:
     return Item(value=data["value"], **_details_from_json(data))
+
+
+def found_item_to_json(found: FoundItem) -> dict[str, Any]:
+    return {"namespace": found.namespace, **item_to_json(found.item)}
+
+
+def found_item_from_json(data: Mapping[str, Any]) -> FoundItem:
+    return FoundItem(data["namespace"], item_from_json(data))
 
 
 def item_info_to_json(info: ItemInfo) -> dict[str, Any]:
@@ -514,3 +532,127 @@ def set_many_calls(
         stored += int(answer["result"])
         done += len(batch)
     return stored
+
+
+# ------------------------------------------------------------- for the LangGraph store
+#
+# No proxy method of its own: the LangGraph store (integrations.langgraph) drives these with
+# the remote proxy's ``_drive``, as it runs ``_operations.find_items`` and ``refresh_expiry``
+# on a local store.
+
+
+def _found_page(page: object, size: int, more: bool) -> list[FoundItem]:
+    """A ``find_items`` page as found items; the protocol error for anything else, or for a
+    page that is longer than asked or says there is more without making progress."""
+    if not isinstance(page, list) or len(page) > size or (more and not page):
+        raise _not_the_protocol()
+    try:
+        return [found_item_from_json(entry) for entry in page]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _not_the_protocol() from None
+
+
+def _find_pages(fields: dict[str, Any], limit: int, offset: int) -> Calls:
+    """The found items from ``offset`` on, at most ``limit`` (0: all), as the requests they
+    take: pages of at most ``KEY_PAGE_SIZE``, each ending early (``"more": true``) when its
+    answer would pass the service's byte budget; the next goes on at ``offset`` plus what
+    came back so far."""
+    results: list[FoundItem] = []
+    while True:
+        remaining = limit - len(results) if limit else _core.KEY_PAGE_SIZE
+        size = min(_core.KEY_PAGE_SIZE, remaining)
+        body = {**fields, "limit": size, "offset": offset + len(results)}
+        answer = yield Request("find_items", body)
+        more = answer.get("more") is True
+        page = _found_page(answer["result"], size, more)
+        results.extend(page)
+        if (len(page) < size and not more) or len(results) == limit:
+            return results
+
+
+def find_items_calls(
+    scope: _core.Scope,
+    *,
+    within: object,
+    keys: object,
+    value_filter: object,
+    limit: object,
+    offset: object,
+    limits: Limits,
+) -> Calls:
+    """An ``_operations.find_items`` call as the requests it needs; returns the same list of
+    ``FoundItem``. The arguments are checked with the local rules before the first request
+    (the filter translated, and the translation dropped: the service makes its own).
+
+    Pages as ``_find_pages``. More ``keys`` than the service's ``max_batch`` (learnt from a
+    413 as ``get_many_calls`` does) are asked for in batches, each from the start and for at
+    most ``offset + limit`` items; the batches' items, which are distinct, are merged in the
+    service's order (namespace, then key: Python's order of ``str`` is the UTF-8 byte order of
+    the index) and sliced as one search would have been."""
+    _core.namespace_condition(scope.namespace, within)
+    checked_keys = None if keys is None else _core.check_keys(keys, "find_items")
+    _filters.value_query(value_filter)
+    checked_limit = _core.check_limit(limit)  # 0: no limit
+    checked_offset = _core.check_offset(offset)
+    fields: dict[str, Any] = {"namespace": scope.namespace, "within": within}
+    if value_filter is not None:
+        fields["filter"] = value_filter
+    if checked_keys is None:
+        return (yield from _find_pages(fields, checked_limit, checked_offset))
+    if not checked_keys:
+        return []
+    while True:
+        if len(checked_keys) <= limits.max_batch:
+            try:
+                return (
+                    yield from _find_pages(
+                        {**fields, "keys": checked_keys}, checked_limit, checked_offset
+                    )
+                )
+            except BatchTooLarge as exc:
+                if exc.max_batch >= len(checked_keys):
+                    raise
+                limits.max_batch = exc.max_batch  # the service's own limit: split
+                continue
+        found: list[FoundItem] = []
+        wanted = checked_offset + checked_limit if checked_limit else 0
+        try:
+            for start in range(0, len(checked_keys), limits.max_batch):
+                batch = checked_keys[start : start + limits.max_batch]
+                found += yield from _find_pages({**fields, "keys": batch}, wanted, 0)
+        except BatchTooLarge as exc:
+            if exc.max_batch >= limits.max_batch:
+                raise
+            limits.max_batch = exc.max_batch
+            continue
+        found.sort(key=lambda entry: (entry.namespace, entry.item.key))
+        end = checked_offset + checked_limit if checked_limit else None
+        return found[checked_offset:end]
+
+
+def refresh_expiry_calls(
+    scope: _core.Scope, items: object, ttl_field: object, limits: Limits
+) -> Calls:
+    """An ``_operations.refresh_expiry`` call as the requests it needs: the ``(namespace,
+    key)`` pairs are checked with the local rules, then sent in batches of at most the
+    service's ``max_batch`` (learnt from a 413, as ``delete_many_calls`` does); returns the
+    number of items whose expiry moved."""
+    by_namespace = _core.check_found_items(items)
+    name = _core.check_metadata_name(ttl_field, "ttl_field")
+    pairs = [[namespace, key] for namespace, keys in by_namespace.items() for key in keys]
+    refreshed = done = 0
+    while done < len(pairs):
+        batch = pairs[done : done + limits.max_batch]
+        try:
+            answer = yield Request("refresh_expiry", {"items": batch, "ttl_field": name})
+        except BatchTooLarge as exc:
+            if exc.max_batch >= len(batch):
+                raise
+            limits.max_batch = exc.max_batch  # the service's own limit: split and resend
+            continue
+        count = answer["result"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(batch):
+            raise _not_the_protocol()
+        refreshed += count
+        done += len(batch)
+    return refreshed

@@ -132,7 +132,11 @@ def _check_listing_limit(limit: object) -> None:
 
 _MISSING = object()
 # Operations whose answer holds stored values or metadata, and so takes room in the budget.
-_READS = frozenset({"get", "get_item", "get_many", "list_items"})
+_READS = frozenset({"get", "get_item", "get_many", "list_items", "find_items"})
+# Reads of many items: they read up to the answer budget, and decode off the event loop.
+_BATCH_READS = frozenset({"get_many", "list_items", "find_items"})
+# Operations whose body names many keys (else items), counted against max_batch.
+_KEYS_BATCHES = frozenset({"get_many", "delete_many", "find_items"})
 # What a read takes of the budget before it knows its size; a single value may need more.
 _READ_ROOM = 1024 * 1024
 
@@ -210,6 +214,31 @@ def _operation(
         return ops.get_many_within(scope, settings, body.get("keys"), room), values
     if operation == "delete_many":
         return ops.delete_many(scope, settings, body.get("keys")), _plain
+    if operation == "find_items":
+        limit = body.get("limit")
+        _check_listing_limit(limit)
+
+        def found_items(result: tuple[list[ops.FoundItem], bool, int]) -> _Answer:
+            page, complete, size = result
+            listed = [_protocol.found_item_to_json(entry) for entry in page]
+            return _Answer(listed, {} if complete else {"more": True}, size)
+
+        # the filter is the client's JSON, which find_items translates itself (_filters):
+        # no query of the client's reaches the database
+        search = ops.find_items_within(
+            scope,
+            settings,
+            within=body.get("within"),
+            keys=body.get("keys"),
+            value_filter=body.get("filter"),
+            limit=limit,
+            offset=body.get("offset", 0),
+            max_bytes=room,
+        )
+        return search, found_items
+    if operation == "refresh_expiry":
+        items, ttl_field = body.get("items"), body.get("ttl_field")
+        return ops.refresh_expiry(scope, settings, items, ttl_field), _plain
     assert operation == "set_many"
     items, metadata = body.get("items"), body.get("metadata")
     return ops.set_many(scope, settings, items, metadata, _ttl_of(body)), _plain
@@ -237,7 +266,7 @@ def _answer_pieces(
         remaining = [key for key, _ in entries[len(kept) :]] + extra.get("remaining", [])
         tail = b',"remaining":' + dumps(remaining) if remaining else b""
         return [b'{"result":{', *_joined(kept), b"}" + tail + b"}"]
-    if isinstance(result, list):  # list_items
+    if isinstance(result, list):  # list_items, find_items
         kept = _fitting([(None, encode(info)) for info in result], max_bytes)
         more = len(kept) < len(result) or bool(extra)
         return [b'{"result":[', *_joined(kept), b"]" + (b',"more":true' if more else b"") + b"}"]
@@ -300,7 +329,7 @@ class _PiecesResponse(Response):
 
 
 def _batch_size(operation: str, body: dict[str, Any]) -> int:
-    batch = body.get("keys") if operation in ("get_many", "delete_many") else body.get("items")
+    batch = body.get("keys") if operation in _KEYS_BATCHES else body.get("items")
     return len(batch) if isinstance(batch, (list, dict)) else 0
 
 
@@ -319,17 +348,17 @@ def create_app(
     """An ASGI application serving ``store`` to the holders of tokens signed with ``secret``.
 
     The caller owns ``store`` and closes it after the application stops. A request body over
-    ``max_body_bytes`` and a ``get_many``, ``set_many`` or ``delete_many`` of more than
-    ``max_batch`` items are answered 413. ``rate_limit=(requests, per_seconds)`` allows each
-    token that many requests per period (the whole number at once, then at the average rate),
-    and answers 429 with ``Retry-After`` beyond it. With ``audience``, only tokens issued for
-    that audience (``issue_token(..., audience=)``) are accepted; without, only tokens that
-    name none.
+    ``max_body_bytes`` and a ``get_many``, ``set_many``, ``delete_many``, ``find_items`` or
+    ``refresh_expiry`` of more than ``max_batch`` keys or items are answered 413.
+    ``rate_limit=(requests, per_seconds)`` allows each token that many requests per period
+    (the whole number at once, then at the average rate), and answers 429 with
+    ``Retry-After`` beyond it. With ``audience``, only tokens issued for that audience
+    (``issue_token(..., audience=)``) are accepted; without, only tokens that name none.
 
     No answer holds more than ``max_answer_bytes`` of JSON, but a single value larger than
     that is still answered alone: a ``get_many`` past it answers what fits and names the keys
-    still to fetch (``remaining``), a ``list_items`` page past it ends early (``more``), and
-    the remote proxies fetch the rest. Requests in flight hold at most about
+    still to fetch (``remaining``), a ``list_items`` or ``find_items`` page past it ends early
+    (``more``), and the remote proxies fetch the rest. Requests in flight hold at most about
     ``max_inflight_bytes`` (their bodies, what parsing and encoding them takes, and their
     answers): a request past it waits briefly, then is answered 503 with ``Retry-After``; one
     that would need more than all of it alone is answered 413. One user's agent may hold a
@@ -431,7 +460,7 @@ def create_app(
         if operation in _READS:
             # an answer is held three times: the driver's reply, the values decoded from it,
             # and their JSON; a batch read reads at most a third of the room it got
-            wanted = max_answer_bytes if operation in ("get_many", "list_items") else _READ_ROOM
+            wanted = max_answer_bytes if operation in _BATCH_READS else _READ_ROOM
             copies = _serving.ANSWER_COPIES
             # at least room for a 1 MiB value, or a sixteenth of a small budget
             minimum = min(copies * _READ_ROOM, max(1, budget.limit // 16))
@@ -440,7 +469,7 @@ def create_app(
             scope, store._settings(), operation, body, max(1, room // _serving.ANSWER_COPIES)
         )
         # batch reads decode many values: like large bodies, their own work runs off the loop
-        off_loop = large_body or operation in ("get_many", "list_items")
+        off_loop = large_body or operation in _BATCH_READS
         if asynchronous:
             assert isinstance(store, AsyncDataStore)
             result = await store._run(work, off_loop=off_loop)

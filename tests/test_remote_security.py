@@ -24,6 +24,7 @@ from agent_datastore import (
     HTTPException,
     RemoteDataStoreProxy,
     TokenRejected,
+    _protocol,
     issue_token,
 )
 from agent_datastore.server import create_app
@@ -105,6 +106,8 @@ READS_AND_WRITES = [
     ("clear", {}),
     ("set_many", {"items": {"k": 0}}),
     ("increment", {"key": "n"}),
+    ("find_items", {"within": "agent", "limit": 10}),
+    ("refresh_expiry", {"items": [["default", "k"]], "ttl_field": "ttl"}),
 ]
 
 
@@ -164,6 +167,17 @@ def test_delete_many_deletes_only_the_tokens_own_items(remote: RemoteStore) -> N
     assert owner.use_namespace("private").get("p") == 1
 
 
+def test_find_items_of_another_user_s_values_finds_nothing(remote: RemoteStore) -> None:
+    token = remote.token("user-2", "agent-a")
+    for value_filter in [{}, {"secret": "user-1's"}, {"userId": "user-1"}]:
+        body = {"within": "agent", "limit": 10, "filter": value_filter}
+        response = _post(remote.url, "find_items", body, token)
+        assert response.status_code == 200
+        assert "user-1's" not in response.text
+        found = [(item["namespace"], item["key"]) for item in response.json()["result"]]
+        assert found == ([("default", "theirs")] if not value_filter else [])
+
+
 WIDENING_FIELDS = [
     {"user_id": "user-2"},
     {"userId": "user-2"},
@@ -175,10 +189,17 @@ WIDENING_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("extra", WIDENING_FIELDS, ids=[next(iter(f)) for f in WIDENING_FIELDS])
-@pytest.mark.parametrize(
-    ("operation", "body"), READS_AND_WRITES, ids=[o for o, _ in READS_AND_WRITES]
-)
+# Each operation with each field that is not its own (find_items' own "filter" is a condition
+# on values, which the service translates itself: see test_find_items_of_another_user_s_...).
+WIDENED_REQUESTS = [
+    pytest.param(operation, body, extra, id=f"{operation}-{next(iter(extra))}")
+    for operation, body in READS_AND_WRITES
+    for extra in WIDENING_FIELDS
+    if not set(extra) <= _protocol.OPERATIONS[operation].fields
+]
+
+
+@pytest.mark.parametrize(("operation", "body", "extra"), WIDENED_REQUESTS)
 def test_no_request_field_can_name_another_scope(
     remote: RemoteStore, extra: dict[str, Any], operation: str, body: dict[str, Any]
 ) -> None:
@@ -203,6 +224,13 @@ INJECTIONS = [
     ("set", {"key": "k", "value": 1, "metadata": {"$set": {"userId": "user-1"}}}),
     ("set_many", {"items": [["k", 1]]}),
     ("clear", {"namespace": ["default", "private"]}),
+    ("find_items", {"within": "agent", "limit": 10, "filter": {"$where": "true"}}),
+    ("find_items", {"within": "agent", "limit": 10, "filter": {"$or": [{"userId": "user-1"}]}}),
+    ("find_items", {"within": "agent", "limit": 10, "filter": {"secret": {"$regex": "."}}}),
+    ("find_items", {"within": "agent", "limit": 10, "filter": {"value.secret": "user-1's"}}),
+    ("find_items", {"within": {"$ne": None}, "limit": 10}),
+    ("refresh_expiry", {"items": [["default", {"$gt": ""}]], "ttl_field": "ttl"}),
+    ("refresh_expiry", {"items": [["default", "k"]], "ttl_field": {"$gt": ""}}),
 ]
 
 
