@@ -32,15 +32,16 @@ from langgraph.store.base import (
 )
 
 import agent_datastore
-from agent_datastore import DataStore
+from agent_datastore import AsyncRemoteDataStoreProxy, DataStore, RemoteDataStoreProxy
 from agent_datastore.cli import cli
 from agent_datastore.integrations.langgraph import TTL_FIELD, DataStoreStore
 
+from .conftest import _real_store
 from .helpers import MovableClock
-from .service import RemoteStore
+from .service import RemoteStore, ServiceThread, remote_store
 from .test_integration_langchain import CountingExecutor
 from .test_wire_commands import SIMPLE, without_expiry
-from .twins import LoopThread, SyncOverAsyncStore
+from .twins import LoopThread, SyncOverAsyncProxy, SyncOverAsyncStore
 from .wire import WireServer, start_wire_server
 
 AGENT = "assistant"
@@ -64,17 +65,31 @@ class SyncOverAsync(BaseStore):
         raise AssertionError("the tests call the synchronous methods")
 
 
+@pytest.fixture(params=["embedded", "embedded-async", "mongodb", "mongodb-async"])
+def store(request: pytest.FixtureRequest, clock: MovableClock) -> Iterator[Any]:
+    """The local backends of conftest's ``store``: a remote proxy's token is one user's, so
+    the tests of several users run here, and the remote path has tests of its own below."""
+    if request.param == "embedded":
+        with agent_datastore.connect("mongomock://", clock=clock) as embedded:
+            yield embedded
+    elif request.param == "embedded-async":
+        twin = agent_datastore.connect_async("mongomock://", clock=clock)
+        with SyncOverAsyncStore(twin, twin.collection) as facade:
+            yield facade
+    else:
+        yield from _real_store(clock, request.param == "mongodb-async")
+
+
 def langgraph_store(store: Any, **options: Any) -> BaseStore:
-    """A ``DataStoreStore`` of agent ``AGENT`` over the ``store`` fixture's backend, behind
-    the synchronous methods."""
+    """A ``DataStoreStore`` of agent ``AGENT`` over a store or a remote proxy of a test's
+    backend, behind the synchronous methods."""
     options.setdefault("agent_name", AGENT)
-    if isinstance(store, DataStore):
+    if isinstance(store, (DataStore, RemoteDataStoreProxy)):
         return DataStoreStore(store, **options)
     if isinstance(store, SyncOverAsyncStore):
-        inner = DataStoreStore(store.async_store, **options)
-        return SyncOverAsync(inner, store._runner)
-    assert isinstance(store, RemoteStore)
-    pytest.skip("the remote path needs the service's find_items (branch lg-service)")
+        return SyncOverAsync(DataStoreStore(store.async_store, **options), store._runner)
+    assert isinstance(store, SyncOverAsyncProxy)
+    return SyncOverAsync(DataStoreStore(store._proxy, **options), store._runner)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -303,8 +318,6 @@ def another_store(lg: BaseStore, **options: Any) -> BaseStore:
 def test_semantic_search_is_refused_rather_than_answered_unranked(store: Any) -> None:
     index = {"dims": 3, "embed": lambda texts: [[0.0, 0.0, 1.0] for _ in texts]}
     backend = store.async_store if isinstance(store, SyncOverAsyncStore) else store
-    if isinstance(store, RemoteStore):
-        pytest.skip("the remote path needs the service's find_items (branch lg-service)")
     with pytest.raises(NotImplementedError, match="does not support semantic search"):
         DataStoreStore(backend, agent_name=AGENT, user_id="u1", index=index)  # type: ignore[arg-type]
     lg = langgraph_store(store, user_id="u1")
@@ -721,3 +734,96 @@ def test_a_batch_with_a_bad_op_sends_nothing(wire: WireServer, wire_lg: DataStor
     with pytest.raises(TypeError):
         wire_lg.batch([GetOp(("u1", "n"), "a"), PutOp(("u1", "n"), "b", {"x": object()})])
     assert wire.take() == []
+
+
+# ------------------------------------------------------------ through the store service
+
+
+@pytest.fixture(params=["remote", "remote-async"])
+def remote(
+    request: pytest.FixtureRequest, service: ServiceThread, clock: MovableClock
+) -> Iterator[RemoteStore]:
+    """The store service in front of an embedded store (synchronous, or asynchronous behind
+    the asynchronous remote proxy)."""
+    yield from remote_store(service, clock, asynchronous=request.param == "remote-async")
+
+
+def test_through_the_service_the_token_is_the_user_and_each_batch_a_few_requests(
+    remote: RemoteStore,
+) -> None:
+    lg = langgraph_store(remote.proxy("u1", AGENT), user_label=0)
+    before = remote.requests
+    lg.batch([PutOp(("u1", "notes"), key, {"i": i}) for i, key in enumerate(KEYS_50)])
+    assert remote.requests - before == 1
+    results = lg.batch(
+        [
+            *(GetOp(("u1", "notes"), key) for key in KEYS_50),
+            SearchOp(("u1",), filter={"i": {"$gte": 48}}),
+            ListNamespacesOp((MatchCondition("prefix", ("u1",)),)),
+            PutOp(("u1", "notes"), "key-00", None),
+        ]
+    )
+    assert remote.requests - before == 5  # gets, search, listing, delete
+    assert [item.value for item in results[:50]] == [{"i": i} for i in range(50)]  # type: ignore[union-attr]
+    assert [item.key for item in results[50]] == ["key-48", "key-49"]  # type: ignore[union-attr]
+    assert results[51] == [("u1", "notes")]
+    assert lg.get(("u1", "notes"), "key-00") is None
+    assert {d["userId"] for d in stored(remote)} == {"u1"}
+    assert [d["namespace"] for d in stored(remote)][:1] == ["u1.notes"]
+
+
+def test_through_the_service_another_users_namespace_is_refused_before_sending(
+    remote: RemoteStore,
+) -> None:
+    lg = langgraph_store(remote.proxy("u1", AGENT), user_label=0)
+    before = remote.requests
+    calls = [
+        lambda: lg.get(("u2", "notes"), "k"),
+        lambda: lg.put(("u2", "notes"), "k", {"x": 1}),
+        lambda: lg.search(("u2",)),
+        lambda: lg.list_namespaces(prefix=("u2",)),
+        lambda: lg.batch([PutOp(("u1", "n"), "k", {"x": 1}), PutOp(("u2", "n"), "k", {"x": 1})]),
+    ]
+    for call in calls:
+        with pytest.raises(PermissionError, match="token is for user 'u1', not 'u2'"):
+            call()
+    assert remote.requests == before
+    assert stored(remote) == []
+
+
+def test_through_the_service_a_read_refreshes_the_ttl(
+    remote: RemoteStore, clock: MovableClock
+) -> None:
+    lg = langgraph_store(remote.proxy("u1", AGENT), user_id="u1")
+    lg.put(("notes",), "k", {"x": 1}, ttl=1)
+    clock.advance(50)
+    before = remote.requests
+    assert lg.get(("notes",), "k") is not None
+    assert remote.requests - before == 2  # the get, and the refresh
+    clock.advance(50)
+    assert [item.key for item in lg.search(("notes",))] == ["k"]
+    clock.advance(61)
+    assert lg.get(("notes",), "k") is None
+
+
+@pytest.mark.asyncio
+async def test_a_remote_store_takes_the_tokens_user_and_agent(service: ServiceThread) -> None:
+    with RemoteStore(service, agent_datastore.connect("mongomock://")) as remote:
+        token = remote.token("u1", AGENT)
+        with RemoteDataStoreProxy(remote.url, token) as proxy:
+            lg = DataStoreStore(proxy, agent_name=AGENT)
+            assert lg.user_id == "u1"
+            assert DataStoreStore(proxy, agent_name=AGENT, user_id="u1").user_id == "u1"
+            assert DataStoreStore(proxy, agent_name=AGENT, user_label=1).user_id is None
+            with pytest.raises(ValueError, match="is not the token's agent 'assistant'"):
+                DataStoreStore(proxy, agent_name="other")
+            with pytest.raises(ValueError, match="is not the token's user 'u1'"):
+                DataStoreStore(proxy, agent_name=AGENT, user_id="u2")
+        async with AsyncRemoteDataStoreProxy(remote.url, token) as async_proxy:
+            lg = DataStoreStore(async_proxy, agent_name=AGENT, user_label=0)
+            await lg.aput(("u1", "n"), "k", {"x": 1})
+            item = await lg.aget(("u1", "n"), "k")
+            assert item is not None
+            assert item.value == {"x": 1}
+            with pytest.raises(TypeError, match="over an AsyncRemoteDataStoreProxy runs only"):
+                lg.get(("u1", "n"), "k")

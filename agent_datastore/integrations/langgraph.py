@@ -498,10 +498,35 @@ def _local_async(store: AsyncDataStore, agent: str) -> Callable[[_Request], Any]
 def _remote_calls(
     proxy: RemoteDataStoreProxy | AsyncRemoteDataStoreProxy, request: _Request
 ) -> _protocol.Calls:
-    raise TypeError(
-        "DataStoreStore over the store service is not supported yet: use a DataStore or "
-        "AsyncDataStore"
-    )
+    """The store service's requests for ``request``; the token names the user (checked
+    against each namespace's when the batch was planned) and the agent."""
+    limits = proxy._service.limits
+    if isinstance(request, _ListNamespaces):
+        return _remote_namespaces()
+    namespace = _ANY_NAMESPACE if isinstance(request, _Refresh) else request.namespace
+    scope = _core.Scope.of(proxy.user_id, proxy.agent_name, namespace)
+    if isinstance(request, _Find):
+        return _protocol.find_items_calls(
+            scope,
+            within=request.within,
+            keys=request.keys,
+            value_filter=request.value_filter,
+            limit=request.limit,
+            offset=request.offset,
+            limits=limits,
+        )
+    if isinstance(request, _Refresh):
+        return _protocol.refresh_expiry_calls(scope, request.items, TTL_FIELD, limits)
+    if isinstance(request, _DeleteMany):
+        return _protocol.delete_many_calls(scope, request.keys, limits)
+    metadata = {TTL_FIELD: _milliseconds(request.ttl)}
+    return _protocol.set_many_calls(scope, request.items, metadata, request.ttl, limits)
+
+
+def _remote_namespaces() -> _protocol.Calls:
+    # as the remote proxies' list_namespaces, as a call their _drive runs
+    answer = yield _protocol.Request("list_namespaces", {})
+    return list(answer["result"])
 
 
 def _remote_sync(proxy: RemoteDataStoreProxy) -> Callable[[_Request], Any]:
