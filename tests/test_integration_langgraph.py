@@ -33,6 +33,7 @@ from langgraph.store.base import (
 
 import agent_datastore
 from agent_datastore import AsyncRemoteDataStoreProxy, DataStore, RemoteDataStoreProxy
+from agent_datastore._filters import value_query
 from agent_datastore.cli import cli
 from agent_datastore.integrations.langgraph import TTL_FIELD, DataStoreStore
 
@@ -687,6 +688,11 @@ def test_a_search_is_one_find_in_index_order(wire: WireServer, wire_lg: DataStor
     assert command["collation"] == SIMPLE
     wire_lg.search(("u1", "n"), limit=0)
     assert wire.take() == []
+    # a filter is one more condition of the same find: its translation (tests/test_filters.py)
+    wire_lg.search(("u1", "n"), filter={"kind": "note"})
+    (command,) = wire.take()
+    assert command["filter"]["$and"] == [value_query({"kind": "note"})]
+    assert command["filter"]["namespace"]["$in"][0] == "u1.n"
 
 
 def test_puts_are_one_update_per_namespace_and_ttl_and_deletes_one_delete(
