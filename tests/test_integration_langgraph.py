@@ -739,6 +739,8 @@ def test_a_mixed_batch_reads_then_writes(wire: WireServer, wire_lg: DataStoreSto
 def test_a_batch_with_a_bad_op_sends_nothing(wire: WireServer, wire_lg: DataStoreStore) -> None:
     with pytest.raises(TypeError):
         wire_lg.batch([GetOp(("u1", "n"), "a"), PutOp(("u1", "n"), "b", {"x": object()})])
+    with pytest.raises(ValueError, match=r"\$where"):  # a filter is checked with the rest
+        wire_lg.batch([GetOp(("u1", "n"), "a"), SearchOp(("u1",), filter={"$where": "1"})])
     assert wire.take() == []
 
 

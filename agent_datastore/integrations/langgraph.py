@@ -47,7 +47,7 @@ except ImportError as exc:  # the langgraph extra is not installed
         "pip install 'agent-datastore[langgraph]'"
     ) from exc
 
-from .. import _codec, _core, _protocol
+from .. import _codec, _core, _filters, _protocol
 from .. import _operations as ops
 from .._async import AsyncDataStore
 from .._operations import FoundItem
@@ -414,6 +414,7 @@ class DataStoreStore(BaseStore):
         value_filter = op.filter or None
         if value_filter is not None and not isinstance(value_filter, dict):
             raise TypeError(f"filter must be a dict or None, not {type(value_filter).__name__}")
+        _filters.value_query(value_filter)  # its refusals now, before any read of the batch
         if self._user_label is not None and len(prefix) <= self._user_label:
             self._unfixed(f"search prefix {prefix}")
         if prefix:
