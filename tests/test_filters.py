@@ -178,8 +178,8 @@ def test_refusals_name_the_offending_part(bad: Any, error: type[Exception], mess
     assert message in str(raised.value)
 
 
-def nested(depth: int, leaf: Any) -> dict[str, Any]:
-    """A filter of ``depth`` dicts nested in one another around ``leaf``."""
+def nested(depth: int, leaf: Any) -> Any:
+    """``leaf`` inside ``depth`` dicts nested in one another (a filter when depth > 0)."""
     condition = leaf
     for _ in range(depth):
         condition = {"a": condition}
@@ -287,54 +287,71 @@ def is_tagged_somewhere(value: Any) -> bool:
     return False
 
 
-@pytest.mark.parametrize(
-    ("value", "value_filter", "matches"),
-    [
-        # what InMemoryStore does too
-        ({"a": [1]}, {"a": 1}, False),
-        ({"a": [[1, 2], 3]}, {"a": [1, 2]}, False),
-        ({"a": [1.0, 2]}, {"a": [1, 2]}, True),
-        ({"a": [{"b": 1}]}, {"a": {"b": 1}}, False),
-        ({"a": "$b", "b": 1}, {"a": ["$b"]}, False),
-        ({"a": ["$b"], "b": 1}, {"a": ["$b"]}, True),
-        ({"a": ["$b"], "b": "x"}, {"a": {"$ne": ["$b"]}}, False),
-        ({}, {"a": None}, True),
-        ({"a": None}, {"a": {"$ne": None}}, False),
-        ({"a": 5}, {"a": {"b": None}}, False),
-        ({"a": {}}, {"a": {"b": None}}, True),
-        ({"a": [None]}, {"a": None}, False),
-        ({"a": [None]}, {"a": {"$ne": None}}, True),
-        ({"a": [1, 2]}, {"a": {"$ne": 1}}, True),
-        ({"a": [[1, 2], 3]}, {"a": {"$ne": [1, 2]}}, True),
-        ({"a": 1}, {"a": {"$gt": 0, "$lt": "1.5"}}, True),
-        ({"0": {"1": 2}}, {"0": {"1": 2}}, True),
-        # differences, by name: tagged values never match a condition that looks inside them
-        ({"a": {"b": 1, "$c": 2}}, {"a": {"b": 1}}, False),
-        ({"a": {"b": 1, "$c": 2}}, {"a": {}}, False),
-        ({"a": {"b": 1, "$c": 2}}, {"a": {"$ne": 1}}, True),
-        ({"a": {"b": 1, "$c": 2}}, {"a": {"$ne": None}}, True),
-        ({"a": 2**64}, {"a": {"$gt": 0}}, False),
-        ({"a": 2**64}, {"a": {"digits": str(2**64)}}, False),
-        ({"a": [2**64]}, {"a": {"$ne": [1]}}, True),
-        # ... and a value tagged as a whole matches no filter
-        ({"a": 1, "$b": 2}, {"a": 1}, False),
-        ({"a": 1, "$b": 2}, {"c": None}, False),
-        # range over non-numbers: numbers only, never an error
-        ({"a": "2"}, {"a": {"$gt": 1}}, False),
-        ({"a": True}, {"a": {"$gte": 0}}, False),
-        ({}, {"a": {"$gt": 1}}, False),
-        ({"a": None}, {"a": {"$lt": 1}}, False),
-        ({"a": [5]}, {"a": {"$gt": 1}}, False),
-        # ranges compared exactly, where float() would round
-        ({"a": 2**53 + 1}, {"a": {"$gt": 2**53}}, True),
-        ({"a": 2**53 + 1}, {"a": {"$gt": float(2**53)}}, True),
-        ({"a": 2**60}, {"a": {"$lt": 2**60 + 1}}, True),
-    ],
-)
+# (value, filter, whether it matches), where InMemoryStore agrees
+AGREEMENTS = [
+    ({"a": [1]}, {"a": 1}, False),
+    ({"a": [[1, 2], 3]}, {"a": [1, 2]}, False),
+    ({"a": [1.0, 2]}, {"a": [1, 2]}, True),
+    ({"a": [{"b": 1}]}, {"a": {"b": 1}}, False),
+    ({"a": "$b", "b": 1}, {"a": ["$b"]}, False),
+    ({"a": ["$b"], "b": 1}, {"a": ["$b"]}, True),
+    ({"a": ["$b"], "b": "x"}, {"a": {"$ne": ["$b"]}}, False),
+    ({}, {"a": None}, True),
+    ({"a": None}, {"a": {"$ne": None}}, False),
+    ({"a": 5}, {"a": {"b": None}}, False),
+    ({"a": {}}, {"a": {"b": None}}, True),
+    ({"a": [None]}, {"a": None}, False),
+    ({"a": [None]}, {"a": {"$ne": None}}, True),
+    ({"a": [1, 2]}, {"a": {"$ne": 1}}, True),
+    ({"a": [[1, 2], 3]}, {"a": {"$ne": [1, 2]}}, True),
+    ({"a": 1}, {"a": {"$gt": 0, "$lt": "1.5"}}, True),
+    ({"0": {"1": 2}}, {"0": {"1": 2}}, True),
+    # tagged parts, where a condition does not look inside them
+    ({"a": {"b": 1, "$c": 2}}, {"a": {"$ne": 1}}, True),
+    ({"a": {"b": 1, "$c": 2}}, {"a": {"$ne": None}}, True),
+    ({"a": 2**64}, {"a": {"digits": str(2**64)}}, False),
+    ({"a": [2**64]}, {"a": {"$ne": [1]}}, True),
+]
+
+# (value, filter, whether it matches), where InMemoryStore differs or raises
+DIFFERENCES = [
+    # tagged values never match a condition that looks inside them
+    ({"a": {"b": 1, "$c": 2}}, {"a": {"b": 1}}, False),
+    ({"a": {"b": 1, "$c": 2}}, {"a": {}}, False),
+    ({"a": 2**64}, {"a": {"$gt": 0}}, False),
+    # ... and a value tagged as a whole matches no filter
+    ({"a": 1, "$b": 2}, {"a": 1}, False),
+    ({"a": 1, "$b": 2}, {"c": None}, False),
+    # range over non-numbers: numbers only, never an error
+    ({"a": "2"}, {"a": {"$gt": 1}}, False),
+    ({"a": True}, {"a": {"$gte": 0}}, False),
+    ({}, {"a": {"$gt": 1}}, False),
+    ({"a": None}, {"a": {"$lt": 1}}, False),
+    ({"a": [5]}, {"a": {"$gt": 1}}, False),
+    # ranges compared exactly, where float() would round
+    ({"a": 2**53 + 1}, {"a": {"$gt": 2**53}}, True),
+    ({"a": 2**53 + 1}, {"a": {"$gt": float(2**53)}}, True),
+    ({"a": 2**60}, {"a": {"$lt": 2**60 + 1}}, True),
+]
+
+
+@pytest.mark.parametrize(("value", "value_filter", "matches"), AGREEMENTS + DIFFERENCES)
 def test_matches_on_stored_items(
     filter_store: DataStore, value: Any, value_filter: dict[str, Any], matches: bool
 ) -> None:
     assert matching_keys(filter_store, {"k": value}, value_filter) == ({"k"} if matches else set())
+
+
+@pytest.mark.parametrize(("value", "value_filter", "matches"), AGREEMENTS)
+def test_in_memory_store_agrees(value: Any, value_filter: dict[str, Any], matches: bool) -> None:
+    compare = pytest.importorskip("langgraph.store.memory")._compare_values
+    assert in_memory_matches(compare, value, value_filter) is matches
+
+
+@pytest.mark.parametrize(("value", "value_filter", "matches"), DIFFERENCES)
+def test_in_memory_store_differs(value: Any, value_filter: dict[str, Any], matches: bool) -> None:
+    compare = pytest.importorskip("langgraph.store.memory")._compare_values
+    assert in_memory_matches(compare, value, value_filter) is not matches
 
 
 @pytest.mark.parametrize("value", [[{"a": 1}], "a", 1, None, []])
