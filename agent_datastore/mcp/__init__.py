@@ -17,19 +17,27 @@ except ImportError as exc:  # the mcp extra is not installed
     ) from exc
 
 from ._resources import ITEM_TEMPLATE, LISTING_TEMPLATE, item_uri, listing_uri
-from ._server import TokenVerifier, call_tool, create_http_app, create_server, run_stdio
+from ._server import (
+    TokenVerifier,
+    call_tool,
+    create_http_app,
+    create_server,
+    run_stdio,
+    serve_http,
+)
 from ._tools import TOOLS, Tool
 
 __all__ = [
     "ITEM_TEMPLATE",
     "LISTING_TEMPLATE",
     "TOOLS",
-    "Tool",
     "TokenVerifier",
+    "Tool",
     "call_tool",
     "create_http_app",
     "create_server",
     "item_uri",
     "listing_uri",
     "run_stdio",
+    "serve_http",
 ]

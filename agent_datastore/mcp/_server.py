@@ -28,6 +28,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 
 from .. import __version__
@@ -51,6 +52,7 @@ __all__ = [
     "create_server",
     "error_of",
     "run_stdio",
+    "serve_http",
 ]
 
 logger = logging.getLogger("agent_datastore.mcp")
@@ -60,7 +62,7 @@ ProxyFor = Callable[[Context], Proxy]
 
 INSTRUCTIONS = (
     "A persistent JSON key-value store of your own, kept between sessions: every key lives in "
-    "a namespace (\"default\" unless you name one). Use set/get for single values, get_item "
+    'a namespace ("default" unless you name one). Use set/get for single values, get_item '
     "for details (version, expiry), increment for counters, and list_keys to see what is "
     "there. Values are JSON; integers of any size are kept exactly."
 )
@@ -115,12 +117,16 @@ def _schema_error(tool: Tool, arguments: dict[str, Any]) -> str | None:
     return f"invalid arguments{f' at {where}' if where else ''}: {error.message}"
 
 
-async def call_tool(proxy: Proxy, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
+async def call_tool(
+    proxy: Proxy, name: str, arguments: dict[str, Any] | None
+) -> types.CallToolResult:
     """Run the tool ``name`` on ``proxy``: its arguments checked by its input schema, then by
     the proxy; every error a tool error (``isError``) with the proxy's message."""
     tool = _TOOLS_BY_NAME.get(name)
     if tool is None:
-        return _tool_error("unknown_tool", f"no tool {name!r}; the tools are {list(_TOOLS_BY_NAME)}")
+        return _tool_error(
+            "unknown_tool", f"no tool {name!r}; the tools are {list(_TOOLS_BY_NAME)}"
+        )
     arguments = arguments if arguments is not None else {}
     refusal = _schema_error(tool, arguments)
     if refusal is not None:
@@ -165,12 +171,14 @@ def create_server(proxy: Proxy | ProxyFor) -> Server[Any]:
     """A low-level MCP ``Server`` with the tools and resources, acting through ``proxy``: one
     proxy (stdio, tests), or a function of the request's context that returns the proxy of
     its caller (HTTP)."""
-    proxy_for: ProxyFor = proxy if callable(proxy) else (lambda _: proxy)  # type: ignore[assignment,return-value]
+    proxy_for: ProxyFor = proxy if callable(proxy) else (lambda _: proxy)
 
     async def list_tools(ctx: Context, params: Any) -> types.ListToolsResult:
         return _tool_listing()
 
-    async def on_call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def on_call_tool(
+        ctx: Context, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         return await call_tool(proxy_for(ctx), params.name, params.arguments)
 
     async def list_resources(ctx: Context, params: Any) -> types.ListResourcesResult:
@@ -290,7 +298,9 @@ def create_http_app(
         stateless_http=True,
         json_response=True,
         host=host,
-        auth=AuthSettings(issuer_url=f"http://{host}", resource_server_url=None),
+        # the SDK wants an issuer; it is only published with an authorization server of the
+        # SDK's own, and tokens here come from issue_token
+        auth=AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None),
         token_verifier=verifier,
     )
     served = app.router.lifespan_context
@@ -315,3 +325,20 @@ def create_http_app(
 
     app.router.lifespan_context = lifespan
     return app
+
+
+def serve_http(
+    secret: str | bytes,
+    *,
+    uri: str | None = None,
+    url: str | None = None,
+    audience: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+) -> None:
+    """Run ``create_http_app`` with uvicorn until it is stopped (Ctrl-C or SIGTERM)."""
+    import uvicorn
+
+    app = create_http_app(secret, uri=uri, url=url, audience=audience, host=host)
+    # no websockets: the default would import the websockets package only to serve nothing
+    uvicorn.run(app, host=host, port=port, ws="none", lifespan="on", log_level="info")

@@ -44,7 +44,7 @@ _NAMESPACE = {
     "minLength": 1,
     "maxLength": _core.MAX_NAME_BYTES,
     "default": "default",
-    "description": "The namespace, a separate set of keys (default: \"default\"); at most "
+    "description": 'The namespace, a separate set of keys (default: "default"); at most '
     f"{_core.MAX_NAME_BYTES} bytes in UTF-8.",
 }
 _VALUE = {
