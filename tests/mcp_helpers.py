@@ -11,17 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from mcp import Client
 
 import agent_datastore
 from agent_datastore import AsyncDataStore
+from agent_datastore.mcp import create_server
 
 from .helpers import MONGODB_URI, REAL_SERVER_SKIP
-
-pytest.importorskip("mcp", reason="the mcp extra is not installed")
-
-from mcp import Client  # noqa: E402
-
-from agent_datastore.mcp import create_server  # noqa: E402
 
 # Integers JSON numbers hold but doubles do not (2**53 + 1), and beyond int64, both signs;
 # keys with '$' and '.' where MongoDB reads operators and paths.

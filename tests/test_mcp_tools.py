@@ -8,15 +8,14 @@ import json
 from typing import Any
 
 import pytest
+from mcp import Client
 
 import agent_datastore
 from agent_datastore import AsyncDataStore
+from agent_datastore.mcp import TOOLS, call_tool
+from agent_datastore.mcp._server import UNAVAILABLE, error_of
 
 from .mcp_helpers import BACKENDS, EXACT_VALUE, run_with_client
-
-from mcp import Client  # noqa: E402  (after mcp_helpers, which skips without the extra)
-from agent_datastore.mcp import TOOLS, call_tool  # noqa: E402
-from agent_datastore.mcp._server import UNAVAILABLE, error_of  # noqa: E402
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS)
 
@@ -39,7 +38,9 @@ async def _ok(client: Client, name: str, arguments: dict[str, Any]) -> dict[str,
     assert not result.is_error, result.content
     assert result.structured_content is not None
     # the short text form is there too, for clients that read only text
-    assert result.content and result.content[0].type == "text" and result.content[0].text
+    assert result.content
+    assert result.content[0].type == "text"
+    assert result.content[0].text
     return result.structured_content
 
 
@@ -48,7 +49,8 @@ async def _refused(client: Client, name: str, arguments: dict[str, Any]) -> dict
     assert result.is_error, result.structured_content
     error = result.structured_content
     assert error is not None
-    assert result.content[0].type == "text" and result.content[0].text == error["message"]
+    assert result.content[0].type == "text"
+    assert result.content[0].text == error["message"]
     return error
 
 
@@ -62,7 +64,7 @@ def test_the_tools_and_their_schemas(backend: str) -> None:
             assert schema["properties"]["namespace"]["default"] == "default"
             names = set(schema["properties"])
             assert not names & {"user", "user_id", "agent", "agent_name", "userId", "agentName"}
-            assert tool.description and "Errors" in tool.description, tool.name
+            assert "Errors" in (tool.description or ""), tool.name
             assert tool.annotations is not None
             assert tool.annotations.read_only_hint == (tool.name.startswith(("get", "list")))
 
@@ -91,8 +93,10 @@ def test_every_tool_on_its_happy_path(backend: str) -> None:
             {"key": "b", "value": None, "metadata": {"by": "me"}, "ttl": 3600, "if_version": 0},
         )
         item = (await _ok(client, "get_item", {"key": "b"}))["item"]
-        assert item["value"] is None and item["metadata"] == {"by": "me"}
-        assert item["version"] == 1 and item["expiresAt"] is not None
+        assert item["value"] is None
+        assert item["metadata"] == {"by": "me"}
+        assert item["version"] == 1
+        assert item["expiresAt"] is not None
         await _ok(client, "set", {"key": "b", "value": 2, "if_version": 1})
         assert (await _ok(client, "get_item", {"key": "nope"}))["found"] is False
         assert await _ok(client, "increment", {"key": "c"}) == {"key": "c", "value": 1}
@@ -142,7 +146,8 @@ def test_each_documented_error(backend: str) -> None:
         deleting = await _refused(client, "delete", {"key": "k", "if_version": 0})
         assert deleting["error"] == "version_conflict"
         counter = await _refused(client, "increment", {"key": "k"})
-        assert counter["error"] == "invalid_argument" and "'k'" in counter["message"]
+        assert counter["error"] == "invalid_argument"
+        assert "'k'" in counter["message"]
         # 1,024 characters, each 2 bytes in UTF-8: the schema counts characters, the proxy bytes
         too_long = await _refused(client, "get", {"key": "é" * 1024})
         assert too_long == {
@@ -151,11 +156,13 @@ def test_each_documented_error(backend: str) -> None:
         }
         # refused by the schema: the message says where
         empty = await _refused(client, "get", {"key": ""})
-        assert empty["error"] == "invalid_argument" and "at key" in empty["message"]
+        assert empty["error"] == "invalid_argument"
+        assert "at key" in empty["message"]
         missing = await _refused(client, "set", {"key": "k"})
         assert "'value' is a required property" in missing["message"]
         name = await _refused(client, "set", {"key": "k", "value": 1, "metadata": {"a.b": 1}})
-        assert name["error"] == "invalid_argument" and "metadata" in name["message"]
+        assert name["error"] == "invalid_argument"
+        assert "metadata" in name["message"]
         # deeper than the store's 400 levels: the SDK's client cannot even serialize it (its
         # limit is lower, see docs/mcp.md), so the tool is called as the server calls it
         deep: Any = 0
@@ -164,7 +171,8 @@ def test_each_documented_error(backend: str) -> None:
         nested = await call_tool(
             store.proxy("user-1", "agent-a"), "set", {"key": "k", "value": deep}
         )
-        assert nested.is_error and nested.structured_content is not None
+        assert nested.is_error
+        assert nested.structured_content is not None
         assert nested.structured_content["error"] == "invalid_argument"
         assert "400" in nested.structured_content["message"]
         amount = await _refused(client, "increment", {"key": "n", "amount": 2**63})
@@ -217,7 +225,8 @@ def test_big_integers_and_dollar_and_dot_keys_round_trip_exactly(backend: str) -
         await _ok(client, "set", {"key": key, "value": EXACT_VALUE, "metadata": {"n": 2**64}})
         assert (await _ok(client, "get", {"key": key}))["value"] == EXACT_VALUE
         item = (await _ok(client, "get_item", {"key": key}))["item"]
-        assert item["value"] == EXACT_VALUE and item["metadata"] == {"n": 2**64}
+        assert item["value"] == EXACT_VALUE
+        assert item["metadata"] == {"n": 2**64}
         await _ok(client, "set_many", {"items": {"a.b": 2**63, "$c": -(2**63) - 1}})
         assert (await _ok(client, "get_many", {"keys": ["a.b", "$c"]}))["items"] == {
             "a.b": 2**63,
