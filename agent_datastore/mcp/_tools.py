@@ -71,7 +71,7 @@ _IF_VERSION = {
     "type": "integer",
     "minimum": 0,
     "maximum": _core.MAX_INT64,
-    "description": "Write only if the item is at this version (from get_item); 0 means "
+    "description": "Act only if the item is at this version (from get_item); 0 means "
     "only if it does not exist. Otherwise the call fails with a version conflict and "
     "changes nothing.",
 }
