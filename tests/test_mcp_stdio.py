@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 
 import agent_datastore
 from agent_datastore.cli import cli
@@ -41,7 +41,7 @@ def test_the_sdks_stdio_client_drives_the_command() -> None:
     )
 
     async def main() -> None:
-        async with Client(parameters) as client:
+        async with Client(stdio_client(parameters)) as client:
             key = "$a.b/ü"
             stored = await client.call_tool("set", {"key": key, "value": EXACT_VALUE})
             assert not stored.is_error, stored.content
