@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -74,6 +74,7 @@ def test_unknown_resources_missing_items_and_bad_encodings_are_errors(backend: s
     run_with_client(backend, scenario)
 
 
+@settings(max_examples=50)
 @given(namespace=st.text(min_size=1, max_size=20), key=st.text(min_size=1, max_size=40))
 def test_an_item_uri_decodes_to_its_namespace_and_key(namespace: str, key: str) -> None:
     # (hypothesis's text has no lone surrogates, which have no UTF-8 and so no URI)

@@ -152,5 +152,8 @@ def test_without_the_extra_the_command_names_it(monkeypatch: pytest.MonkeyPatch)
         cli, ["mcp", "--uri", "mongomock://", "--user", "u", "--agent", "a"]
     )
     assert result.exit_code == 2
-    assert "pip install 'agent-datastore[mcp]'" in result.stderr
+    assert result.stderr == (
+        "agent-datastore: agent_datastore.mcp needs the MCP SDK: "
+        "pip install 'agent-datastore[mcp]'\n"
+    )
     assert result.stdout == ""

@@ -144,6 +144,7 @@ def mcp(
             EXIT_USAGE,
         )
     _check_scope(transport, uri, url, user, agent)
+    server = _sdk()  # before anything is said or opened: without the extra, nothing runs
     if typed and uri is not None and _has_password(uri):
         click.echo(
             "agent-datastore: warning: the --uri on the command line holds a password, which "
@@ -154,8 +155,7 @@ def mcp(
         # stderr: on stdio, stdout belongs to the protocol
         click.echo("agent-datastore: a new in-memory store: nothing persists", err=True)
     if transport == "stdio":
-        server = _sdk()  # before anyio, which only the extra brings
-        import anyio
+        import anyio  # which the extra brings
 
         anyio.run(_run_stdio, server, uri, url, user or "", agent or "")
         return
@@ -165,4 +165,4 @@ def mcp(
             "over http, set AGENT_DATASTORE_SECRET to the secret the runtime signs tokens with",
             EXIT_USAGE,
         )
-    _sdk().serve_http(secret, uri=uri, url=url, audience=audience, host=host, port=port)
+    server.serve_http(secret, uri=uri, url=url, audience=audience, host=host, port=port)
