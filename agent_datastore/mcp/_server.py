@@ -158,7 +158,8 @@ def _tool_listing() -> types.ListToolsResult:
                     title=tool.title,
                     read_only_hint=tool.read_only,
                     destructive_hint=not tool.read_only,
-                    idempotent_hint=tool.read_only or tool.name in ("set", "delete"),
+                    # a set again writes a new version; deleting again changes nothing more
+                    idempotent_hint=tool.read_only or tool.name in ("delete", "delete_many"),
                     open_world_hint=False,
                 ),
             )
