@@ -34,8 +34,9 @@ Differences from ``InMemoryStore``, each deliberate:
 - **tagged values**: parts of a value BSON cannot hold as they are (a dict with a key that
   starts with ``$``, contains ``.`` or is empty, an integer beyond int64; see docs/schema.md)
   are stored in a tagged form. A condition never looks inside one: a subset match, an
-  equality or a range on such a part does not match (``$ne`` and ``None`` conditions do, as
-  for any other value that is not equal), and a value tagged as a whole matches no filter.
+  equality or a range on such a part does not match (``$ne`` does, as for any other value
+  that is not equal), and a value tagged as a whole (a dict with such a key at its top)
+  matches no filter.
 - **ranges compared exactly**: ``InMemoryStore`` compares ``float(item)`` with ``float(bound)``,
   which rounds integers beyond 2**53; MongoDB compares the stored number with the bound
   exactly.
@@ -43,7 +44,10 @@ Differences from ``InMemoryStore``, each deliberate:
   that is not plain, an unknown operator, a dict mixing operators with field names, a dict
   under ``$eq``/``$ne`` or inside a list, NaN, an infinity or an integer beyond int64 is refused
   with ``TypeError`` or ``ValueError`` whatever the items (``InMemoryStore`` raises for some of
-  these only when an item reaches them, and compares the rest as Python objects).
+  these only when an item reaches them, and compares the rest as Python objects), as is one
+  past ``MAX_FILTER_CONDITIONS``, ``MAX_FILTER_DEPTH`` or ``MAX_FILTER_BYTES``.
+- **not a dict**: a value that is not a dict (which LangGraph never stores, but another
+  client of the store may) matches no filter but an empty one.
 
 The translation, for a field path ``p`` (``value.k``, ``value.k.k2``, ...):
 

@@ -176,6 +176,7 @@ def test_a_bug_in_a_line_is_one_line_with_exit_5_and_the_session_goes_on(
         ("shell", "agent-datastore: shell is not available inside the shell"),
         ("serve --embedded", "agent-datastore: serve is not available inside the shell"),
         ("help serve", "agent-datastore: serve is not available inside the shell"),
+        ("mcp --uri mongomock://", "agent-datastore: mcp is not available inside the shell"),
         ("--uri mongodb://127.0.0.1:1 users", "agent-datastore: --uri: the options of"),
         ("--version", "agent-datastore: --version: the options of"),
         ("exit now", "agent-datastore: exit takes no arguments"),
@@ -199,6 +200,7 @@ def test_help_lists_the_commands_and_the_builtins() -> None:
     assert "export" in listed
     assert "shell" not in listed
     assert "serve" not in listed
+    assert "mcp" not in listed
     assert "help" in listed
     assert "exit," in listed
     assert "  get             Show an item with its metadata, dates and size.\n" in result.stdout
@@ -338,7 +340,7 @@ def test_off_a_terminal_ctrl_c_ends_the_script(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "completions"),
     [
-        ("", sorted([*cli.commands.keys() - {"shell", "serve"}, "exit", "help", "quit"])),
+        ("", sorted([*cli.commands.keys() - {"shell", "serve", "mcp"}, "exit", "help", "quit"])),
         ("e", ["ensure-indexes", "exit", "export"]),
         ("se", ["set"]),
         ("sh", []),  # not available on a line

@@ -16,7 +16,7 @@ except ImportError as exc:  # pragma: no cover - the cli extra is not installed
     ) from exc
 
 # each module registers its commands on the group as it is imported
-from . import _commands, _serve, _shell, _transfer  # noqa: F401
+from . import _commands, _mcp, _serve, _shell, _transfer  # noqa: F401
 from ._base import cli as cli  # the click group, for tests and embedding
 from ._base import main
 

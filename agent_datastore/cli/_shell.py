@@ -41,6 +41,7 @@ BUILTINS = (HELP_WORD, *EXIT_WORDS)
 NOT_IN_SHELL = {
     "shell": "this is already a shell session",
     "serve": "run 'agent-datastore serve' on its own",
+    "mcp": "run 'agent-datastore mcp' on its own",
 }
 
 

@@ -1,0 +1,345 @@
+"""The MCP server: the tools and resources over one async proxy per caller, on stdio or
+streamable HTTP.
+
+On stdio the server acts for one user's agent, fixed when it starts. Over HTTP every request
+carries a bearer token that ``verify_token`` checks as the store service does (the SDK's
+bearer middleware answers 401 to a missing or refused one), and the request is served by a
+proxy for that token's user and agent: a local proxy over the store, or, with a store
+service, a remote proxy holding the caller's own token, so that the service checks it again
+and the MCP server can never reach more than the token grants.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import mcp_types as types
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from mcp.server import Server
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import ServerRequestContext
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
+
+from .. import __version__
+from .._async import AsyncDataStore, connect_async
+from .._exceptions import (
+    DataStoreError,
+    DataStoreUnavailable,
+    HTTPException,
+    TokenRejected,
+    VersionConflict,
+)
+from .._remote import AsyncRemoteDataStoreProxy
+from .._tokens import _check_audience, _secret_bytes, verify_token
+from . import _resources
+from ._tools import TOOLS, Proxy, Tool
+
+__all__ = [
+    "TokenVerifier",
+    "call_tool",
+    "create_http_app",
+    "create_server",
+    "error_of",
+    "run_stdio",
+    "serve_http",
+]
+
+logger = logging.getLogger("agent_datastore.mcp")
+
+Context = ServerRequestContext[Any, Any]
+ProxyFor = Callable[[Context], Proxy]
+
+INSTRUCTIONS = (
+    "A persistent JSON key-value store of your own, kept between sessions: every key lives in "
+    'a namespace ("default" unless you name one). Use set/get for single values, get_item '
+    "for details (version, expiry), increment for counters, and list_keys to see what is "
+    "there. Values are JSON; integers of any size are kept exactly."
+)
+UNAVAILABLE = "the store is unavailable; try again later"
+_MAX_MESSAGE_CHARS = 500
+
+_TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
+_VALIDATORS = {tool.name: Draft202012Validator(tool.input_schema) for tool in TOOLS}
+
+
+def error_of(exc: Exception) -> tuple[str, str] | None:
+    """The kind and message of a tool error for an exception a proxy raised, or ``None`` for
+    one no proxy raises (a bug). The message is the proxy's own, except where it could carry
+    the database's or the service's words or address: then it only says what happened."""
+    if isinstance(exc, VersionConflict):
+        return "version_conflict", exc.detail
+    if isinstance(exc, TokenRejected):
+        return "token_rejected", exc.detail
+    if isinstance(exc, DataStoreUnavailable):
+        return "unavailable", UNAVAILABLE
+    if isinstance(exc, DataStoreError):
+        return "refused", "the store refused the operation"
+    if isinstance(exc, HTTPException):  # an answer of the store service, such as 413 or 429
+        if exc.status_code == 429:
+            return "unavailable", "too many requests for this token; try again later"
+        if exc.status_code < 500:
+            return "refused", exc.detail
+        return "unavailable", UNAVAILABLE
+    if isinstance(exc, (TypeError, ValueError)):
+        return "invalid_argument", str(exc)
+    return None
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _tool_error(kind: str, message: str) -> types.CallToolResult:
+    message = _shortened(message)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=message)],
+        structured_content={"error": kind, "message": message},
+        is_error=True,
+    )
+
+
+def _schema_error(tool: Tool, arguments: dict[str, Any]) -> str | None:
+    error = best_match(_VALIDATORS[tool.name].iter_errors(arguments))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"invalid arguments{f' at {where}' if where else ''}: {error.message}"
+
+
+async def call_tool(
+    proxy: Proxy, name: str, arguments: dict[str, Any] | None
+) -> types.CallToolResult:
+    """Run the tool ``name`` on ``proxy``: its arguments checked by its input schema, then by
+    the proxy; every error a tool error (``isError``) with the proxy's message."""
+    tool = _TOOLS_BY_NAME.get(name)
+    if tool is None:
+        return _tool_error(
+            "unknown_tool", f"no tool {name!r}; the tools are {list(_TOOLS_BY_NAME)}"
+        )
+    arguments = arguments if arguments is not None else {}
+    refusal = _schema_error(tool, arguments)
+    if refusal is not None:
+        return _tool_error("invalid_argument", refusal)
+    try:
+        scoped = proxy.use_namespace(arguments.get("namespace", "default"))
+        structured, text = await tool.run(scoped, arguments)
+    except Exception as exc:
+        failure = error_of(exc)
+        if failure is None:
+            logger.exception("the tool %s failed", name)
+            failure = ("internal", "internal error")
+        return _tool_error(*failure)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=structured
+    )
+
+
+def _tool_listing() -> types.ListToolsResult:
+    return types.ListToolsResult(
+        tools=[
+            types.Tool(
+                name=tool.name,
+                title=tool.title,
+                description=tool.description,
+                input_schema=tool.input_schema,
+                output_schema=tool.output_schema,
+                annotations=types.ToolAnnotations(
+                    title=tool.title,
+                    read_only_hint=tool.read_only,
+                    destructive_hint=not tool.read_only,
+                    # a set again writes a new version; deleting again changes nothing more
+                    idempotent_hint=tool.read_only or tool.name in ("delete", "delete_many"),
+                    open_world_hint=False,
+                ),
+            )
+            for tool in TOOLS
+        ]
+    )
+
+
+def create_server(proxy: Proxy | ProxyFor) -> Server[Any]:
+    """A low-level MCP ``Server`` with the tools and resources, acting through ``proxy``: one
+    proxy (stdio, tests), or a function of the request's context that returns the proxy of
+    its caller (HTTP)."""
+    proxy_for: ProxyFor = proxy if callable(proxy) else (lambda _: proxy)
+
+    async def list_tools(ctx: Context, params: Any) -> types.ListToolsResult:
+        return _tool_listing()
+
+    async def on_call_tool(
+        ctx: Context, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        return await call_tool(proxy_for(ctx), params.name, params.arguments)
+
+    async def list_resources(ctx: Context, params: Any) -> types.ListResourcesResult:
+        try:
+            return await _resources.resources(proxy_for(ctx))
+        except Exception as exc:
+            raise _resource_error(exc) from None
+
+    async def list_templates(ctx: Context, params: Any) -> types.ListResourceTemplatesResult:
+        return _resources.templates()
+
+    async def read_resource(
+        ctx: Context, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        try:
+            return await _resources.read(proxy_for(ctx), params.uri)
+        except Exception as exc:
+            raise _resource_error(exc) from None
+
+    return Server(
+        "agent-datastore",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=on_call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+    )
+
+
+def _resource_error(exc: Exception) -> MCPError:
+    if isinstance(exc, _resources.ResourceNotFound):
+        return MCPError(types.INVALID_PARAMS, str(exc))
+    failure = error_of(exc)
+    if failure is None:
+        logger.error("reading a resource failed", exc_info=exc)
+        return MCPError(types.INTERNAL_ERROR, "internal error")
+    kind, message = failure
+    code = types.INVALID_PARAMS if kind == "invalid_argument" else types.INTERNAL_ERROR
+    return MCPError(code, _shortened(message))
+
+
+async def run_stdio(proxy: Proxy) -> None:
+    """Serve the tools on this process's stdin and stdout, for ``proxy``'s user and agent,
+    until stdin closes."""
+    server = create_server(proxy)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+class TokenVerifier:
+    """The SDK's token verifier over ``verify_token``: a token the store service would accept
+    becomes an ``AccessToken`` naming its user and agent; any other, ``None`` (401)."""
+
+    def __init__(self, secret: str | bytes, audience: str | None = None) -> None:
+        self._secret = _secret_bytes(secret)
+        self._audience = _check_audience(audience)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            scope = verify_token(self._secret, token, audience=self._audience)
+        except (TokenRejected, TypeError, ValueError):
+            return None
+        return AccessToken(
+            token=token,
+            # the principal a session is bound to: the user and the agent, unambiguously
+            client_id=json.dumps([scope.user_id, scope.agent_name]),
+            scopes=[],
+            subject=scope.user_id,
+            claims={"agt": scope.agent_name},
+        )
+
+
+def _caller(ctx: Context) -> AccessToken:
+    request = ctx.request
+    user = request.scope.get("user") if request is not None else None
+    if not isinstance(user, AuthenticatedUser):  # the bearer middleware let no such request in
+        raise TokenRejected("the request has no verified bearer token")
+    return user.access_token
+
+
+def create_http_app(
+    secret: str | bytes,
+    *,
+    uri: str | None = None,
+    url: str | None = None,
+    audience: str | None = None,
+    host: str = "127.0.0.1",
+    path: str = "/mcp",
+) -> Starlette:
+    """An ASGI application serving the tools over streamable HTTP at ``path``: each request
+    must bear a token from ``issue_token`` signed with ``secret`` (and for ``audience``, if
+    given), and acts for that token's user and agent only.
+
+    Give ``uri`` (the database, opened when the application starts and closed when it stops)
+    or ``url`` (a store service, to which each caller's token is passed on). ``host`` is
+    where it will listen: on a loopback address, requests naming another host or coming from
+    another origin are refused (DNS rebinding)."""
+    if (uri is None) == (url is None):
+        raise ValueError("give either uri (a database) or url (a store service)")
+    verifier = TokenVerifier(secret, audience)
+    opened: dict[str, Any] = {}
+
+    def proxy_for(ctx: Context) -> Proxy:
+        token = _caller(ctx)
+        if url is not None:
+            return AsyncRemoteDataStoreProxy(url, token.token, http_client=opened["client"])
+        user_id, agent_name = json.loads(token.client_id)
+        store: AsyncDataStore = opened["store"]
+        return store.proxy(user_id, agent_name)
+
+    server = create_server(proxy_for)
+    app = server.streamable_http_app(
+        streamable_http_path=path,
+        # every request stands alone, authorized by its own token: no session to hijack
+        stateless_http=True,
+        json_response=True,
+        host=host,
+        # the SDK wants an issuer; it is only published with an authorization server of the
+        # SDK's own, and tokens here come from issue_token
+        auth=AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None),
+        token_verifier=verifier,
+    )
+    served = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[None]:
+        if url is not None:
+            import httpx
+
+            opened["client"] = httpx.AsyncClient(timeout=10.0)
+        else:
+            opened["store"] = connect_async(uri)
+        try:
+            async with served(application):
+                yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                if url is not None:
+                    await opened.pop("client").aclose()
+                else:
+                    await opened.pop("store").aclose()
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def serve_http(
+    secret: str | bytes,
+    *,
+    uri: str | None = None,
+    url: str | None = None,
+    audience: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+) -> None:
+    """Run ``create_http_app`` with uvicorn until it is stopped (Ctrl-C or SIGTERM)."""
+    import uvicorn
+
+    app = create_http_app(secret, uri=uri, url=url, audience=audience, host=host)
+    # no websockets: the default would import the websockets package only to serve nothing
+    uvicorn.run(app, host=host, port=port, ws="none", lifespan="on", log_level="info")
