@@ -1,7 +1,8 @@
 """The differential test of ``DataStoreStore``: random sequences of LangGraph operations (put,
 get, delete, search with filters, limit and offset, list_namespaces with conditions and depth,
 and mixed batches of them) run against it and against LangGraph's own ``InMemoryStore``, whose
-answers must agree, timestamps aside.
+answers must agree, timestamps aside; with users from label 0 of each namespace, or with one
+user fixed (then also searches and listings of the whole agent).
 
 The deliberate differences (docs/integrations.md, "What differs from InMemoryStore") are kept
 out by name, each where the test does so:
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 from langgraph.store.base import (
     GetOp,
     Item,
@@ -162,6 +163,15 @@ class AgainstInMemoryStore(RuleBasedStateMachine):
         self.memory = InMemoryStore()
         self.backend = open_backend()
         self.ours = DataStoreStore(self.backend, agent_name="assistant", user_label=0)
+        self.fixed_user = False
+
+    @initialize(fixed_user=st.booleans())
+    def whose(self, fixed_user: bool) -> None:
+        """Users from label 0, or one user for every namespace: then the whole agent can be
+        searched and listed."""
+        if fixed_user:
+            self.ours = DataStoreStore(self.backend, agent_name="assistant", user_id="u0")
+            self.fixed_user = True
 
     def teardown(self) -> None:
         close_backend(self.backend)
@@ -203,6 +213,12 @@ class AgainstInMemoryStore(RuleBasedStateMachine):
     @rule(op=listing_ops)
     def list_namespaces(self, op: ListNamespacesOp) -> None:
         self.run([op])
+
+    @precondition(lambda self: self.fixed_user)
+    @rule(op=search_ops, depth=st.sampled_from([None, 1, 2]))
+    def across_the_agent(self, op: SearchOp, depth: int | None) -> None:
+        """A search of every namespace, and a listing without conditions."""
+        self.run([op._replace(namespace_prefix=()), ListNamespacesOp(None, depth, 100, 0)])
 
     @rule(ops=batches)
     def batch(self, ops: list[Op]) -> None:
