@@ -32,7 +32,12 @@ from langgraph.store.base import (
 )
 
 import agent_datastore
-from agent_datastore import AsyncRemoteDataStoreProxy, DataStore, RemoteDataStoreProxy
+from agent_datastore import (
+    AsyncDataStore,
+    AsyncRemoteDataStoreProxy,
+    DataStore,
+    RemoteDataStoreProxy,
+)
 from agent_datastore._filters import value_query
 from agent_datastore.cli import cli
 from agent_datastore.integrations.langgraph import TTL_FIELD, DataStoreStore
@@ -579,6 +584,30 @@ async def test_a_graph_runs_with_ainvoke_over_the_async_store() -> None:
         # the admin command reads the same collection through a synchronous store
         with DataStore(store.collection) as same:
             assert keys_shown(same, "u1", "u1.memories") == ["note-0", "note-1"]
+
+
+@pytest.mark.asyncio
+async def test_synchronous_nodes_under_ainvoke_are_served_on_the_store_s_loop() -> None:
+    # LangGraph runs a synchronous node in a worker thread: its calls go to the store's loop
+    async with agent_datastore.connect_async("mongomock://") as store:
+        lg = DataStoreStore(store, agent_name=AGENT, user_label=0)
+        app = memory_graph(remember, recall).compile(store=lg)
+        await app.ainvoke({"user": "u1", "note": "likes tea"})
+        answer = await app.ainvoke({"user": "u1", "note": "works at night"})
+        assert answer["memories"] == ["likes tea", "works at night"]
+        # on the loop's own thread, waiting for the loop would hang: refused
+        with pytest.raises(TypeError, match="runs only asynchronously"):
+            lg.search(("u1", "memories"))
+
+
+def test_a_synchronous_call_with_no_loop_running_is_refused() -> None:
+    async def build() -> DataStoreStore:
+        store: AsyncDataStore = agent_datastore.connect_async("mongomock://")
+        return DataStoreStore(store, agent_name=AGENT, user_label=0)
+
+    lg = asyncio.run(build())  # its loop has stopped
+    with pytest.raises(TypeError, match="runs only asynchronously"):
+        lg.get(("u1", "n"), "k")
 
 
 # ------------------------------------------------------------ over the wire

@@ -20,6 +20,7 @@ for each kind of store. Needs the ``langgraph`` extra.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -139,7 +140,10 @@ class DataStoreStore(BaseStore):
     or a search with a ``query``, raises ``NotImplementedError``.
 
     Over a synchronous store the ``a``-methods run the synchronous batch in a thread; over an
-    asynchronous one they are native, and the synchronous methods raise ``TypeError``.
+    asynchronous one they are native, and a synchronous method called from another thread
+    while the store's event loop runs (a synchronous node of a graph run with ``ainvoke``) is
+    run on that loop and waited for; on the loop's own thread, or with no loop running, it
+    raises ``TypeError``.
     """
 
     supports_ttl: bool = True
@@ -195,6 +199,13 @@ class DataStoreStore(BaseStore):
                 "each namespace that names its user)"
             )
         self.ttl_config = _check_ttl_config(ttl)
+        # The event loop an asynchronous store runs on (the one it is built in, else the last
+        # that ran abatch): a synchronous call from another thread (a graph's synchronous node
+        # under ainvoke runs in a worker thread) is handed to it and waited for there.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if isinstance(store, _ASYNC_STORES):
+            with contextlib.suppress(RuntimeError):  # built outside any loop
+                self._loop = asyncio.get_running_loop()
 
     @property
     def store(self) -> SyncStore | AsyncStore:
@@ -236,12 +247,17 @@ class DataStoreStore(BaseStore):
             return _run_sync(
                 self._batch(ops, _core.MAX_DOCUMENT_BYTES, _core.utc_now()), _remote_sync(store)
             )
+        loop = self._loop
+        if loop is not None and loop.is_running() and not _runs_on(loop):
+            return asyncio.run_coroutine_threadsafe(self.abatch(list(ops)), loop).result()
         self._refuse_sync_call()
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         """As ``batch``: awaited over an asynchronous store, in a thread over a synchronous
         one."""
         store = self._store
+        if isinstance(store, _ASYNC_STORES):
+            self._loop = asyncio.get_running_loop()
         if isinstance(store, AsyncDataStore):
             plan = self._batch(ops, store.max_value_bytes, store.now())
             return await _run_async(plan, _local_async(store, self._agent_name))
@@ -255,7 +271,9 @@ class DataStoreStore(BaseStore):
         raise TypeError(
             f"DataStoreStore over an {name} runs only asynchronously: use the a-methods "
             "(abatch, aget, aput, asearch, adelete, alist_namespaces) and a graph's "
-            "ainvoke/astream, or build the DataStoreStore over a synchronous store"
+            "ainvoke/astream, or build the DataStoreStore over a synchronous store (a "
+            "synchronous call is served only from another thread while the store's event "
+            "loop runs, as in a synchronous node of a graph run with ainvoke)"
         )
 
     def _batch(self, operations: Iterable[Op], max_value_bytes: int, now: datetime) -> _Batch:
@@ -441,6 +459,14 @@ class DataStoreStore(BaseStore):
 
 
 # ------------------------------------------------------------------ drivers
+
+
+def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the calling thread is running ``loop`` (where waiting for it would hang)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _run_sync(plan: _Batch, run: Callable[[_Request], Any]) -> list[Result]:
