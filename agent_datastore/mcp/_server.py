@@ -70,7 +70,8 @@ INSTRUCTIONS = (
     "A persistent JSON key-value store of your own, kept between sessions: every key lives in "
     'a namespace ("default" unless you name one). Use set/get for single values, get_item '
     "for details (version, expiry), increment for counters, and list_keys to see what is "
-    "there. Values are JSON; integers of any size are kept exactly."
+    "there. Values are JSON; integers of up to 4,300 digits are kept exactly. A get_many "
+    "that lists remaining keys was full: ask for those again."
 )
 UNAVAILABLE = "the store is unavailable; try again later"
 _MAX_MESSAGE_CHARS = 500
