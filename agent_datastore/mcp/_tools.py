@@ -3,8 +3,15 @@ written for a model, and one coroutine over an async proxy (local or remote).
 
 The schemas state the proxy's limits as far as JSON Schema can; what it cannot state exactly
 (a key's length in UTF-8 bytes, a value's size once stored) the descriptions say, and the
-proxy's own checks refuse. Nothing here checks a rule of its own: an argument the schema
-accepts reaches the proxy, which stores it exactly or refuses it with its own message.
+proxy's own checks refuse. Nothing here checks a rule of its own but the one MCP imposes
+(a value nested deeper than ``MAX_MCP_DEPTH``, which could be stored but never read back over
+MCP): an argument the schema accepts reaches the proxy, which stores it exactly or refuses it
+with its own message.
+
+An answer is bounded as the store service bounds its own: a ``get_many`` reads and returns at
+most ``MAX_ANSWER_BYTES`` of JSON (always one value) and names the keys it did not read as
+``remaining``; values are measured in a worker thread; the text form repeats the JSON only when
+it is short.
 """
 
 from __future__ import annotations
@@ -181,20 +188,23 @@ def _check_depth_for_mcp(value: Any, what: str) -> None:
         raise ValueError(_too_deep_message(what))
 
 
-def _sizes(values: list[Any]) -> list[int]:
+def _sizes(values: list[Any], keys: list[str] | None = None) -> list[int]:
     """The size in bytes of each value's JSON, as the SDK will send it; ``TooDeepForMCP`` for
-    a value that MCP cannot carry. The encoding is in pieces (``_serving.json_pieces``,
-    Python code), so that in a worker thread it leaves the event loop running."""
+    a value that MCP cannot carry (naming its key, if ``keys`` are given). The encoding is in
+    pieces (``_serving.json_pieces``, Python code), so that in a worker thread it leaves the
+    event loop running."""
     sizes = []
-    for value in values:
+    for index, value in enumerate(values):
         if _deeper_than_mcp(value):
-            raise TooDeepForMCP("the value stored")
+            raise TooDeepForMCP(
+                "the value stored" if keys is None else f"the value of {keys[index]!r}"
+            )
         sizes.append(sum(map(len, json_pieces(value))))
     return sizes
 
 
-async def _sizes_off_the_loop(values: list[Any]) -> list[int]:
-    return await asyncio.to_thread(_sizes, values)
+async def _sizes_off_the_loop(values: list[Any], keys: list[str] | None = None) -> list[int]:
+    return await asyncio.to_thread(_sizes, values, keys)
 
 
 def _text(data: Any, size: int, summary: str) -> str:
@@ -314,7 +324,7 @@ async def _read_within(
 async def _get_many(proxy: Proxy, args: dict[str, Any]) -> Result:
     keys = args["keys"]
     found, unread = await _read_within(proxy, keys, MAX_ANSWER_BYTES)
-    sizes = await _sizes_off_the_loop(list(found.values()))
+    sizes = await _sizes_off_the_loop(list(found.values()), list(found))
     kept: dict[str, Any] = {}
     total = 64  # the envelope: {"items":{...},"missing":[...],"remaining":[...]}, roughly
     for (key, value), size in zip(found.items(), sizes, strict=True):
