@@ -18,7 +18,7 @@ before anything is sent; the server's half checks them again, because a client c
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
@@ -464,11 +464,24 @@ def delete_many_calls(scope: _core.Scope, keys: object, limits: Limits) -> Calls
     proxy checks them, then sent in batches of at most the service's ``max_batch``, each
     deleted before the next is sent; returns the number deleted."""
     checked = _core.check_keys(keys, "delete_many")
-    deleted = done = 0
-    while done < len(checked):
-        batch = checked[done : done + limits.max_batch]
+    return (
+        yield from _counted_in_batches(
+            checked, limits, lambda batch: _with_namespace(scope, "delete_many", keys=batch)
+        )
+    )
+
+
+def _counted_in_batches(
+    entries: list[Any], limits: Limits, request: Callable[[list[Any]], Request]
+) -> Calls:
+    """``entries`` sent as ``request``s of at most the service's ``max_batch`` (learnt from a
+    413: split and send again; nothing of a refused request was done), each done before the
+    next is sent and answered with the count of its entries that it changed; their sum."""
+    total = done = 0
+    while done < len(entries):
+        batch = entries[done : done + limits.max_batch]
         try:
-            answer = yield _with_namespace(scope, "delete_many", keys=batch)
+            answer = yield request(batch)
         except BatchTooLarge as exc:
             if exc.max_batch >= len(batch):
                 raise
@@ -477,9 +490,9 @@ def delete_many_calls(scope: _core.Scope, keys: object, limits: Limits) -> Calls
         count = answer["result"]
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(batch):
             raise _not_the_protocol()
-        deleted += count
+        total += count
         done += len(batch)
-    return deleted
+    return total
 
 
 def set_many_calls(
@@ -640,19 +653,10 @@ def refresh_expiry_calls(
     by_namespace = _core.check_found_items(items)
     name = _core.check_metadata_name(ttl_field, "ttl_field")
     pairs = [[namespace, key] for namespace, keys in by_namespace.items() for key in keys]
-    refreshed = done = 0
-    while done < len(pairs):
-        batch = pairs[done : done + limits.max_batch]
-        try:
-            answer = yield Request("refresh_expiry", {"items": batch, "ttl_field": name})
-        except BatchTooLarge as exc:
-            if exc.max_batch >= len(batch):
-                raise
-            limits.max_batch = exc.max_batch  # the service's own limit: split and resend
-            continue
-        count = answer["result"]
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(batch):
-            raise _not_the_protocol()
-        refreshed += count
-        done += len(batch)
-    return refreshed
+    return (
+        yield from _counted_in_batches(
+            pairs,
+            limits,
+            lambda batch: Request("refresh_expiry", {"items": batch, "ttl_field": name}),
+        )
+    )

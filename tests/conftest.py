@@ -110,15 +110,22 @@ def store(request: pytest.FixtureRequest, clock: MovableClock) -> Iterator[Any]:
     if request.param.startswith("remote"):
         service = request.getfixturevalue("service")
         yield from remote_store(service, clock, asynchronous=request.param == "remote-async")
-    elif request.param == "embedded":
+    else:
+        yield from local_store(request.param, clock)
+
+
+def local_store(backend: str, clock: MovableClock) -> Iterator[Any]:
+    """A new, empty store of one of ``store``'s local backends ("embedded", "embedded-async",
+    "mongodb", "mongodb-async")."""
+    if backend == "embedded":
         with agent_datastore.connect("mongomock://", clock=clock) as embedded:
             yield embedded
-    elif request.param == "embedded-async":
+    elif backend == "embedded-async":
         twin = agent_datastore.connect_async("mongomock://", clock=clock)
         with SyncOverAsyncStore(twin, twin.collection) as facade:
             yield facade
     else:
-        yield from _real_store(clock, request.param == "mongodb-async")
+        yield from _real_store(clock, backend == "mongodb-async")
 
 
 @pytest.fixture

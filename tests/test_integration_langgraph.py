@@ -42,7 +42,7 @@ from agent_datastore._filters import value_query
 from agent_datastore.cli import cli
 from agent_datastore.integrations.langgraph import TTL_FIELD, DataStoreStore
 
-from .conftest import _real_store
+from .conftest import local_store
 from .helpers import MovableClock
 from .service import RemoteStore, ServiceThread, remote_store
 from .test_integration_langchain import CountingExecutor
@@ -75,15 +75,7 @@ class SyncOverAsync(BaseStore):
 def store(request: pytest.FixtureRequest, clock: MovableClock) -> Iterator[Any]:
     """The local backends of conftest's ``store``: a remote proxy's token is one user's, so
     the tests of several users run here, and the remote path has tests of its own below."""
-    if request.param == "embedded":
-        with agent_datastore.connect("mongomock://", clock=clock) as embedded:
-            yield embedded
-    elif request.param == "embedded-async":
-        twin = agent_datastore.connect_async("mongomock://", clock=clock)
-        with SyncOverAsyncStore(twin, twin.collection) as facade:
-            yield facade
-    else:
-        yield from _real_store(clock, request.param == "mongodb-async")
+    yield from local_store(request.param, clock)
 
 
 def langgraph_store(store: Any, **options: Any) -> BaseStore:
