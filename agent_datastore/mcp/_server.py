@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,8 +31,10 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
+from .. import __version__, _connections, _serving
 from .._async import AsyncDataStore, connect_async
 from .._exceptions import (
     DataStoreError,
@@ -46,6 +49,7 @@ from . import _resources
 from ._tools import TOOLS, Proxy, Tool
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "TokenVerifier",
     "call_tool",
     "create_http_app",
@@ -67,6 +71,14 @@ INSTRUCTIONS = (
     "there. Values are JSON; integers of any size are kept exactly."
 )
 UNAVAILABLE = "the store is unavailable; try again later"
+# The largest body a request may have over HTTP. A set of the largest value the store takes
+# (16 MiB of BSON) needs about as many bytes of JSON, more where JSON spells a value longer
+# than BSON does (escaped control characters, long numbers): twice that leaves room for both.
+# It is also serve's default, so that with --url a set the MCP server accepts is one the
+# service accepts too. A set_many of 1,000 large values must be sent in several calls.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+# The files the process keeps for reaching a store service with --url: httpx's default pool.
+_SERVICE_POOL_SIZE = 100
 _MAX_MESSAGE_CHARS = 500
 
 _TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
@@ -249,8 +261,10 @@ class TokenVerifier:
             # the principal a session is bound to: the user and the agent, unambiguously
             client_id=json.dumps([scope.user_id, scope.agent_name]),
             scopes=[],
+            expires_at=int(scope.expires_at),
             subject=scope.user_id,
-            claims={"agt": scope.agent_name},
+            # jti: what the rate limit counts, one id however the token's text is spelled
+            claims={"agt": scope.agent_name, "jti": scope.token_id},
         )
 
 
@@ -262,6 +276,96 @@ def _caller(ctx: Context) -> AccessToken:
     return user.access_token
 
 
+def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+    """An HTTP error answer as the SDK gives its own: a JSON-RPC error with no id, which its
+    client passes on to the caller as the request's error."""
+    from starlette.responses import Response
+
+    body = {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": types.INVALID_REQUEST, "message": message},
+    }
+    return Response(
+        json.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+class _CallerLimits:
+    """ASGI middleware between the SDK's bearer authentication and the MCP endpoint at
+    ``path``, for requests whose token was verified (any other goes on to the endpoint's 401,
+    its body unread): a method other than POST is answered 405, since a stateless server has
+    no stream to open and no session to end; a token over ``limiter``'s rate 429 with
+    ``Retry-After``; a body over ``max_body_bytes`` 413, by its Content-Length before any of
+    it is read, else as soon as the bytes received pass it. Only a body received whole and
+    within the limit reaches the endpoint, as the chunks that arrived."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        path: str,
+        max_body_bytes: int,
+        limiter: _serving.RateLimiter | None,
+    ) -> None:
+        self._app = app
+        self._path = path
+        self._max_body_bytes = max_body_bytes
+        self._limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user") if scope["type"] == "http" else None
+        if not isinstance(user, AuthenticatedUser) or scope["path"] != self._path:
+            await self._app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            # the SDK would hold a GET open as an event stream for as long as the client
+            # likes, sending nothing: a stateless server has nothing to send on it
+            refusal = _refusal(
+                405, "only POST is served: the server is stateless", {"Allow": "POST"}
+            )
+            await refusal(scope, receive, send)
+            return
+        token = user.access_token
+        if self._limiter is not None:
+            token_id = str((token.claims or {}).get("jti", token.token))
+            wait = self._limiter.wait_needed(token_id, float(token.expires_at or 0))
+            if wait:
+                retry_after = {"Retry-After": _serving.retry_after(wait)}
+                refusal = _refusal(429, "too many requests for this token", retry_after)
+                await refusal(scope, receive, send)
+                return
+        body = await self._whole_body(scope, receive)
+        if body is None:
+            too_large = f"the request body is over {self._max_body_bytes} bytes"
+            await _refusal(413, too_large)(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            return body.popleft() if body else await receive()
+
+        await self._app(scope, replay, send)
+
+    async def _whole_body(self, scope: Scope, receive: Receive) -> deque[Message] | None:
+        """The request's messages up to the end of its body, or ``None`` once it is known to
+        be over the limit (by its declared length, before any of it is read)."""
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self._max_body_bytes:
+                return None
+        messages: deque[Message] = deque()
+        received = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":  # the client left: the endpoint sees it
+                return messages
+            received += len(message.get("body", b""))
+            if received > self._max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
+
+
 def create_http_app(
     secret: str | bytes,
     *,
@@ -270,6 +374,8 @@ def create_http_app(
     audience: str | None = None,
     host: str = "127.0.0.1",
     path: str = "/mcp",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    rate_limit: tuple[int, float] | None = None,
 ) -> Starlette:
     """An ASGI application serving the tools over streamable HTTP at ``path``: each request
     must bear a token from ``issue_token`` signed with ``secret`` (and for ``audience``, if
@@ -278,9 +384,22 @@ def create_http_app(
     Give ``uri`` (the database, opened when the application starts and closed when it stops)
     or ``url`` (a store service, to which each caller's token is passed on). ``host`` is
     where it will listen: on a loopback address, requests naming another host or coming from
-    another origin are refused (DNS rebinding)."""
+    another origin are refused (DNS rebinding).
+
+    A request body over ``max_body_bytes`` is answered 413 before it is read whole, and runs
+    nothing. ``rate_limit=(requests, per_seconds)`` allows each token that many requests per
+    period (the whole number at once, then at the average rate), as the store service does,
+    and answers 429 with ``Retry-After`` beyond it. Only POST is served (405 otherwise): the
+    server is stateless, with no event stream to hold open."""
     if (uri is None) == (url is None):
         raise ValueError("give either uri (a database) or url (a store service)")
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or max_body_bytes < 1
+    ):
+        raise ValueError(f"max_body_bytes must be a positive integer, not {max_body_bytes!r}")
+    limiter = None if rate_limit is None else _serving.RateLimiter(*rate_limit)
     verifier = TokenVerifier(secret, audience)
     opened: dict[str, Any] = {}
 
@@ -303,6 +422,13 @@ def create_http_app(
         # SDK's own, and tokens here come from issue_token
         auth=AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None),
         token_verifier=verifier,
+        # the limit is _CallerLimits's, which has checked the body by the time the SDK reads it
+        max_request_body_size=max_body_bytes,
+    )
+    # last, so innermost: after the SDK's authentication has put the verified token in the
+    # scope, before the endpoint reads the body
+    app.user_middleware.append(
+        Middleware(_CallerLimits, path=path, max_body_bytes=max_body_bytes, limiter=limiter)
     )
     served = app.router.lifespan_context
 
@@ -336,10 +462,39 @@ def serve_http(
     audience: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
+    request_timeout: float = _connections.DEFAULT_REQUEST_TIMEOUT,
+    max_connections: int | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    rate_limit: tuple[int, float] | None = None,
 ) -> None:
-    """Run ``create_http_app`` with uvicorn until it is stopped (Ctrl-C or SIGTERM)."""
+    """Run ``create_http_app`` with uvicorn until it is stopped (Ctrl-C or SIGTERM), with the
+    store service's connection guards (``server.serve``): a connection whose request (headers
+    and body) has not arrived whole ``request_timeout`` seconds after the connection was
+    accepted, or after the request's first byte, is closed; at most ``max_connections`` are
+    open at once, new ones beyond it closed at once; by default as many as the open-file limit
+    allows (raised as far as needed, within the hard limit) after the files kept for the
+    database's pool or the service's, at most 10,000."""
     import uvicorn
 
-    app = create_http_app(secret, uri=uri, url=url, audience=audience, host=host)
-    # no websockets: the default would import the websockets package only to serve nothing
-    uvicorn.run(app, host=host, port=port, ws="none", lifespan="on", log_level="info")
+    _connections.check_options(request_timeout, max_connections)
+    pool = _SERVICE_POOL_SIZE if uri is None else _connections.database_pool_size(uri)
+    app = create_http_app(
+        secret,
+        uri=uri,
+        url=url,
+        audience=audience,
+        host=host,
+        max_body_bytes=max_body_bytes,
+        rate_limit=rate_limit,
+    )
+    config = _connections.guarded_config(
+        app,
+        request_timeout=request_timeout,
+        max_connections=max_connections,
+        reserved=_connections.OWN_FILES + pool,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level="info",
+    )
+    uvicorn.Server(config).run()
