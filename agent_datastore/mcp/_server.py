@@ -261,10 +261,11 @@ class TokenVerifier:
             # the principal a session is bound to: the user and the agent, unambiguously
             client_id=json.dumps([scope.user_id, scope.agent_name]),
             scopes=[],
-            expires_at=int(scope.expires_at),
             subject=scope.user_id,
-            # jti: what the rate limit counts, one id however the token's text is spelled
-            claims={"agt": scope.agent_name, "jti": scope.token_id},
+            # jti: what the rate limit counts, one id however the token's text is spelled; exp
+            # for the limiter only, not as expires_at, which the SDK would check again without
+            # verify_token's leeway for clock skew
+            claims={"agt": scope.agent_name, "jti": scope.token_id, "exp": scope.expires_at},
         )
 
 
@@ -292,8 +293,8 @@ def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -
 
 
 class _CallerLimits:
-    """ASGI middleware between the SDK's bearer authentication and the MCP endpoint at
-    ``path``, for requests whose token was verified (any other goes on to the endpoint's 401,
+    """ASGI middleware between the SDK's bearer authentication and the MCP endpoint (the
+    application's only route), for requests whose token was verified (any other goes on to the endpoint's 401,
     its body unread): a method other than POST is answered 405, since a stateless server has
     no stream to open and no session to end; a token over ``limiter``'s rate 429 with
     ``Retry-After``; a body over ``max_body_bytes`` 413, by its Content-Length before any of
@@ -304,18 +305,16 @@ class _CallerLimits:
         self,
         app: ASGIApp,
         *,
-        path: str,
         max_body_bytes: int,
         limiter: _serving.RateLimiter | None,
     ) -> None:
         self._app = app
-        self._path = path
         self._max_body_bytes = max_body_bytes
         self._limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         user = scope.get("user") if scope["type"] == "http" else None
-        if not isinstance(user, AuthenticatedUser) or scope["path"] != self._path:
+        if not isinstance(user, AuthenticatedUser):
             await self._app(scope, receive, send)
             return
         if scope["method"] != "POST":
@@ -328,8 +327,8 @@ class _CallerLimits:
             return
         token = user.access_token
         if self._limiter is not None:
-            token_id = str((token.claims or {}).get("jti", token.token))
-            wait = self._limiter.wait_needed(token_id, float(token.expires_at or 0))
+            claims = token.claims or {}
+            wait = self._limiter.wait_needed(str(claims["jti"]), float(claims["exp"]))
             if wait:
                 retry_after = {"Retry-After": _serving.retry_after(wait)}
                 refusal = _refusal(429, "too many requests for this token", retry_after)
@@ -428,7 +427,7 @@ def create_http_app(
     # last, so innermost: after the SDK's authentication has put the verified token in the
     # scope, before the endpoint reads the body
     app.user_middleware.append(
-        Middleware(_CallerLimits, path=path, max_body_bytes=max_body_bytes, limiter=limiter)
+        Middleware(_CallerLimits, max_body_bytes=max_body_bytes, limiter=limiter)
     )
     served = app.router.lifespan_context
 
