@@ -301,3 +301,46 @@ def test_a_rate_limit_of_nothing_is_refused() -> None:
         create_http_app(SECRET, uri="mongomock://", rate_limit=(0, 60))
     with pytest.raises(ValueError, match="max_body_bytes"):
         create_http_app(SECRET, uri="mongomock://", max_body_bytes=0)
+
+
+def test_one_agent_cannot_hold_the_budget_of_bodies_in_flight() -> None:
+    budget = 400_000  # a quarter of it for one user's agent with requests in parallel
+    app = create_http_app(
+        SECRET, uri="mongomock://", max_body_bytes=MAX_BODY_BYTES, max_inflight_bytes=budget
+    )
+    held = app.state.inflight_budget
+    declared = 60_000
+
+    def wait_until_used(amount: int) -> None:
+        deadline = time.monotonic() + WAIT
+        while held.used != amount:
+            assert time.monotonic() < deadline, f"{held.used} bytes held, not {amount}"
+            time.sleep(0.01)
+
+    with serving(app) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        url_headers = {"accept": ACCEPT}
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as slow:
+            # ada's body, declared and never sent: its length is held until it ends
+            slow.sendall(_head(port, issue_token(SECRET, "ada", "agent"), declared))
+            wait_until_used(declared)
+            # another agent is served beside it
+            bob = {**url_headers, "authorization": f"Bearer {issue_token(SECRET, 'bob', 'a')}"}
+            assert httpx.post(url, json=LISTING, headers=bob, timeout=WAIT).status_code == 200
+            # ada's next body does not fit in what her agent may still hold: 503, not stored
+            ada = {**url_headers, "authorization": f"Bearer {issue_token(SECRET, 'ada', 'agent')}"}
+            value = "x" * (declared - 100)
+            busy = httpx.post(url, json=_call("set", {"key": "k", "value": value}), headers=ada)
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"] == "1"
+        wait_until_used(0)  # given back when the connection closed
+        read = httpx.post(url, json=_call("get", {"key": "k"}), headers=ada, timeout=WAIT)
+        assert _result(read)["found"] is False
+        stored = httpx.post(url, json=_call("set", {"key": "k", "value": value}), headers=ada)
+        assert _result(stored)["written"] is True
+        assert held.used == 0
+        # a body whose parsing alone would hold more than the whole budget: 413
+        many_values = _call("set", {"key": "many", "value": [1] * 20_000})
+        refused = httpx.post(url, json=many_values, headers=ada, timeout=WAIT)
+        assert refused.status_code == 413
+        assert "in-flight budget" in refused.json()["error"]["message"]

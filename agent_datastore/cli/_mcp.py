@@ -118,6 +118,14 @@ async def _run_stdio(server: Any, uri: str | None, url: str | None, user: str, a
     help="Over http, larger request bodies are answered 413, and run nothing.",
 )
 @click.option(
+    "--max-inflight-bytes",
+    type=click.IntRange(min=1),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Over http, bytes that the bodies of requests in flight may hold at once (with their "
+    "parsing); beyond it a request waits briefly, then is answered 503 with Retry-After.",
+)
+@click.option(
     "--rate-limit",
     metavar="REQUESTS/SECONDS",
     help="Over http, per token, e.g. 100/60; beyond it requests are answered 429. Default: none.",
@@ -150,6 +158,7 @@ def mcp(
     port: int,
     audience: str | None,
     max_body_bytes: int,
+    max_inflight_bytes: int,
     rate_limit: str | None,
     request_timeout: float,
     max_connections: int | None,
@@ -207,5 +216,6 @@ def mcp(
         request_timeout=request_timeout,
         max_connections=max_connections,
         max_body_bytes=max_body_bytes,
+        max_inflight_bytes=max_inflight_bytes,
         rate_limit=_rate_limit(rate_limit),
     )

@@ -294,12 +294,17 @@ def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -
 
 class _CallerLimits:
     """ASGI middleware between the SDK's bearer authentication and the MCP endpoint (the
-    application's only route), for requests whose token was verified (any other goes on to the endpoint's 401,
-    its body unread): a method other than POST is answered 405, since a stateless server has
-    no stream to open and no session to end; a token over ``limiter``'s rate 429 with
-    ``Retry-After``; a body over ``max_body_bytes`` 413, by its Content-Length before any of
-    it is read, else as soon as the bytes received pass it. Only a body received whole and
-    within the limit reaches the endpoint, as the chunks that arrived."""
+    application's only route), for requests whose token was verified (any other goes on to
+    the endpoint's 401, its body unread): a method other than POST is answered 405, since a
+    stateless server has no stream to open and no session to end; a token over ``limiter``'s
+    rate 429 with ``Retry-After``; a body over ``max_body_bytes`` 413, by its Content-Length
+    before any of it is read, else as soon as the bytes received pass it.
+
+    The body, and what parsing it will hold, is counted against ``budget`` as it arrives, as
+    the store service counts it (``_serving.BodyCost``), and given back once the answer has
+    been sent: past the budget a request waits briefly, then is answered 503 with
+    ``Retry-After``; one that alone would need more than all of it, 413. Only a body received
+    whole and within the limits reaches the endpoint, as the chunks that arrived."""
 
     def __init__(
         self,
@@ -307,10 +312,12 @@ class _CallerLimits:
         *,
         max_body_bytes: int,
         limiter: _serving.RateLimiter | None,
+        budget: _serving.InflightBudget,
     ) -> None:
         self._app = app
         self._max_body_bytes = max_body_bytes
         self._limiter = limiter
+        self._budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         user = scope.get("user") if scope["type"] == "http" else None
@@ -334,34 +341,58 @@ class _CallerLimits:
                 refusal = _refusal(429, "too many requests for this token", retry_after)
                 await refusal(scope, receive, send)
                 return
-        body = await self._whole_body(scope, receive)
-        if body is None:
-            too_large = f"the request body is over {self._max_body_bytes} bytes"
-            await _refusal(413, too_large)(scope, receive, send)
+        hold = _serving.Hold(self._budget)
+        hold.tenant = token.client_id  # the user and the agent
+        try:
+            body = await self._whole_body(scope, receive, hold)
+        except HTTPException as exc:
+            hold.release()
+            refusal = _refusal(exc.status_code, exc.detail, dict(exc.headers or {}))
+            await refusal(scope, receive, send)
             return
 
         async def replay() -> Message:
             return body.popleft() if body else await receive()
 
-        await self._app(scope, replay, send)
+        try:
+            await self._app(scope, replay, send)
+        finally:
+            hold.release()
 
-    async def _whole_body(self, scope: Scope, receive: Receive) -> deque[Message] | None:
-        """The request's messages up to the end of its body, or ``None`` once it is known to
-        be over the limit (by its declared length, before any of it is read)."""
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self._max_body_bytes:
-                return None
+    async def _whole_body(
+        self, scope: Scope, receive: Receive, hold: _serving.Hold
+    ) -> deque[Message]:
+        """The request's messages up to the end of its body, counted in ``hold``: its
+        declared length at once (so that a request that cannot fit waits before any of it is
+        read), else chunk by chunk, then what parsing it will hold. ``HTTPException`` 413 as
+        soon as it is known to be over the limit or over the whole budget, 503 when the budget
+        has no room for it in time."""
+        too_large = HTTPException(413, f"the request body is over {self._max_body_bytes} bytes")
+        declared = next(
+            (value for name, value in scope["headers"] if name == b"content-length"), b""
+        )
+        length = int(declared) if declared.isdigit() else None
+        if length is not None:
+            if length > self._max_body_bytes:
+                raise too_large
+            await hold.take(length)
         messages: deque[Message] = deque()
-        received = 0
+        counted = _serving.BodyCost()
         while True:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":  # the client left: the endpoint sees it
                 return messages
-            received += len(message.get("body", b""))
-            if received > self._max_body_bytes:
-                return None
+            chunk = message.get("body", b"")
+            counted.add(chunk)
+            if counted.size > self._max_body_bytes:
+                raise too_large
+            if counted.total > self._budget.limit:
+                raise self._budget.over_budget(counted.total)  # before the rest is read
+            if length is None or counted.size > length:
+                await hold.take(len(chunk))
             if not message.get("more_body", False):
+                await hold.take(counted.total - hold.held)  # what parsing it will hold
                 return messages
 
 
@@ -375,6 +406,7 @@ def create_http_app(
     path: str = "/mcp",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     rate_limit: tuple[int, float] | None = None,
+    max_inflight_bytes: int = _serving.DEFAULT_MAX_INFLIGHT_BYTES,
 ) -> Starlette:
     """An ASGI application serving the tools over streamable HTTP at ``path``: each request
     must bear a token from ``issue_token`` signed with ``secret`` (and for ``audience``, if
@@ -388,16 +420,19 @@ def create_http_app(
     A request body over ``max_body_bytes`` is answered 413 before it is read whole, and runs
     nothing. ``rate_limit=(requests, per_seconds)`` allows each token that many requests per
     period (the whole number at once, then at the average rate), as the store service does,
-    and answers 429 with ``Retry-After`` beyond it. Only POST is served (405 otherwise): the
+    and answers 429 with ``Retry-After`` beyond it. The bodies of requests in flight, with
+    what parsing them holds, take at most about ``max_inflight_bytes`` at once (a quarter of
+    it for one user's agent with requests in parallel): a request past it waits briefly, then
+    is answered 503 with ``Retry-After``. Only POST is served (405 otherwise): the
     server is stateless, with no event stream to hold open."""
     if (uri is None) == (url is None):
         raise ValueError("give either uri (a database) or url (a store service)")
-    if (
-        isinstance(max_body_bytes, bool)
-        or not isinstance(max_body_bytes, int)
-        or max_body_bytes < 1
+    for name, limit in (
+        ("max_body_bytes", max_body_bytes),
+        ("max_inflight_bytes", max_inflight_bytes),
     ):
-        raise ValueError(f"max_body_bytes must be a positive integer, not {max_body_bytes!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"{name} must be a positive integer, not {limit!r}")
     limiter = None if rate_limit is None else _serving.RateLimiter(*rate_limit)
     verifier = TokenVerifier(secret, audience)
     opened: dict[str, Any] = {}
@@ -424,10 +459,17 @@ def create_http_app(
         # the limit is _CallerLimits's, which has checked the body by the time the SDK reads it
         max_request_body_size=max_body_bytes,
     )
+    budget = _serving.InflightBudget(max_inflight_bytes)
+    app.state.inflight_budget = budget  # for tests: what requests hold now
     # last, so innermost: after the SDK's authentication has put the verified token in the
     # scope, before the endpoint reads the body
     app.user_middleware.append(
-        Middleware(_CallerLimits, max_body_bytes=max_body_bytes, limiter=limiter)
+        Middleware(
+            _CallerLimits,
+            max_body_bytes=max_body_bytes,
+            limiter=limiter,
+            budget=budget,
+        )
     )
     served = app.router.lifespan_context
 
@@ -465,6 +507,7 @@ def serve_http(
     max_connections: int | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     rate_limit: tuple[int, float] | None = None,
+    max_inflight_bytes: int = _serving.DEFAULT_MAX_INFLIGHT_BYTES,
 ) -> None:
     """Run ``create_http_app`` with uvicorn until it is stopped (Ctrl-C or SIGTERM), with the
     store service's connection guards (``server.serve``): a connection whose request (headers
@@ -485,6 +528,7 @@ def serve_http(
         host=host,
         max_body_bytes=max_body_bytes,
         rate_limit=rate_limit,
+        max_inflight_bytes=max_inflight_bytes,
     )
     config = _connections.guarded_config(
         app,
