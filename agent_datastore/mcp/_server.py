@@ -350,9 +350,15 @@ class _CallerLimits:
             refusal = _refusal(exc.status_code, exc.detail, dict(exc.headers or {}))
             await refusal(scope, receive, send)
             return
+        if body is None:  # nobody is left to answer
+            hold.release()
+            logger.info("the client left before its request was whole")
+            return
+
+        messages = body
 
         async def replay() -> Message:
-            return body.popleft() if body else await receive()
+            return messages.popleft() if messages else await receive()
 
         try:
             await self._app(scope, replay, send)
@@ -361,12 +367,13 @@ class _CallerLimits:
 
     async def _whole_body(
         self, scope: Scope, receive: Receive, hold: _serving.Hold
-    ) -> deque[Message]:
-        """The request's messages up to the end of its body, counted in ``hold``: its
-        declared length at once (so that a request that cannot fit waits before any of it is
-        read), else chunk by chunk, then what parsing it will hold. ``HTTPException`` 413 as
-        soon as it is known to be over the limit or over the whole budget, 503 when the budget
-        has no room for it in time."""
+    ) -> deque[Message] | None:
+        """The request's messages up to the end of its body, or ``None`` if the client left
+        (or the request deadline closed its connection) before then. The body is counted in
+        ``hold``: its declared length at once (so that a request that cannot fit waits before
+        any of it is read), else chunk by chunk, then what parsing it will hold.
+        ``HTTPException``: 413 as soon as the body is known to be over the limit or over the
+        whole budget, 503 when the budget has no room for it in time."""
         too_large = HTTPException(413, f"the request body is over {self._max_body_bytes} bytes")
         declared = next(
             (value for name, value in scope["headers"] if name == b"content-length"), b""
@@ -381,8 +388,8 @@ class _CallerLimits:
         while True:
             message = await receive()
             messages.append(message)
-            if message["type"] != "http.request":  # the client left: the endpoint sees it
-                return messages
+            if message["type"] != "http.request":
+                return None
             chunk = message.get("body", b"")
             counted.add(chunk)
             if counted.size > self._max_body_bytes:
