@@ -56,6 +56,7 @@ __all__ = [
     "MAX_TTL",
     "MIN_INT64",
     "NAMESPACE_SEPARATOR",
+    "SERVICE_SEARCH_MAX_TIME_MS",
     "SIMPLE_COLLATION",
     "TTL_INDEX_KEYS",
     "TTL_INDEX_NAME",
@@ -168,6 +169,11 @@ MAX_INT64 = 2**63 - 1
 MAX_TTL = timedelta(days=36_500)
 """Longest ttl: a hundred years. Anything longer is surely a unit mistake; leave ttl out for an
 item that should not expire."""
+SERVICE_SEARCH_MAX_TIME_MS = 10_000
+"""How long the server may run one ``find_items`` page for the store service (``maxTimeMS``):
+a filtered search reads every item of its namespaces that the filter has to look at, and a
+tenant must not hold the database for longer than this per request. Below the client's
+30-second socket timeout, so the server stops the work rather than the client leaving it."""
 KEY_PAGE_SIZE = 1_000
 """Keys per query of ``iter_keys``: what it holds in memory at most, besides the caller's."""
 

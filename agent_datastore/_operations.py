@@ -26,6 +26,7 @@ from pymongo import AsyncMongoClient, IndexModel, MongoClient, ReturnDocument, U
 from pymongo.errors import (
     BulkWriteError,
     DuplicateKeyError,
+    ExecutionTimeout,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -721,8 +722,14 @@ def _found_items_command(
     offset: object,
     projection: Mapping[str, Any],
     max_bytes: int = 0,
+    max_time_ms: int | None = None,
 ) -> Command:
     """The ``find`` of ``find_items``, with ``projection``."""
+    checked_offset = _core.check_offset(offset)
+    checked_limit = _core.check_limit(limit)
+    if checked_offset + checked_limit > _core.MAX_INT64:
+        # a router sends its shards limit + skip, which must be a 64-bit integer
+        raise ValueError(f"offset + limit must be at most {_core.MAX_INT64}")
     query: dict[str, Any] = {"userId": scope.user_id, "agentName": scope.agent_name}
     query.update(_core.namespace_condition(scope.namespace, within))
     if keys is not None:
@@ -734,11 +741,13 @@ def _found_items_command(
     options = {
         # the index's order after userId and agentName: the scan gives it, no sort stage
         "sort": _BY_NAMESPACE_AND_KEY,
-        "skip": _core.check_offset(offset),
-        "limit": _core.check_limit(limit),
+        "skip": checked_offset,
+        "limit": checked_limit,
         "batch_size": _core.LISTING_BATCH_SIZE,
         "collation": _SIMPLE,
     }
+    if max_time_ms is not None:
+        options["max_time_ms"] = max_time_ms
     return Command("find", (query, projection), options, max_bytes=max_bytes)
 
 
@@ -786,16 +795,24 @@ def refresh_expiry(
     name = _core.check_metadata_name(ttl_field, "ttl_field")
     if not by_namespace:
         return 0
-    agent = {"userId": scope.user_id, "agentName": scope.agent_name}
+    path = "metadata." + name
+    # Every condition in each branch: a rooted $or is planned branch by branch (SUBPLAN),
+    # each on the unique index. expiresAt a date after now: live, and expiring (a date never
+    # compares with a number). The length a whole number of milliseconds as check_ttl makes
+    # them, and not an array, whose elements could meet the two bounds separately and which
+    # $add would refuse, failing the whole update part-way.
     branches = [
-        {**agent, "namespace": namespace, "key": {"$in": keys}}
+        {
+            "userId": scope.user_id,
+            "agentName": scope.agent_name,
+            "namespace": namespace,
+            "key": {"$in": keys},
+            "expiresAt": {"$gt": settings.now},
+            path: {"$gte": 1, "$lte": _MAX_TTL_MS, "$not": {"$type": "array"}},
+        }
         for namespace, keys in by_namespace.items()
     ]
-    path = "metadata." + name
     query: dict[str, Any] = branches[0] if len(branches) == 1 else {"$or": branches}
-    # a date after now: live, and expiring (a number compared with a date never matches)
-    query = {**query, "expiresAt": {"$gt": settings.now}}
-    query[path] = {"$gt": 0, "$lte": _MAX_TTL_MS}
     pipeline = [{"$set": {"expiresAt": {"$add": [settings.now, "$" + path]}}}]
     result = yield Command("update_many", (query, pipeline), {"collation": _SIMPLE})
     return int(result.modified_count)
@@ -911,7 +928,16 @@ def find_items_within(
         offset,
         _SIZED_FOUND_ITEM,
         max_bytes,
+        _core.SERVICE_SEARCH_MAX_TIME_MS,
     )
-    documents, complete = yield command
+    try:
+        documents, complete = yield command
+    except ExecutionTimeout:
+        # the search, not the database, is the problem: asking again would time out again
+        raise ValueError(
+            "the search did not finish within its time limit (at most "
+            f"{_core.SERVICE_SEARCH_MAX_TIME_MS // 1000} s through the store service): "
+            "narrow its namespace prefix or filter, or ask for fewer items"
+        ) from None
     size = sum(_answer_size(document) for document in documents)
     return [_found(document) for document in documents], complete, size

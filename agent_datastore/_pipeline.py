@@ -16,6 +16,7 @@ a double.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -131,7 +132,10 @@ def _add(values: list[Any]) -> Any:
         if len(dates) > 1:
             raise OperationFailure("only one date allowed in an $add expression", code=16612)
         numbers = [value for value in values if not isinstance(value, datetime)]
-        return dates[0] + timedelta(milliseconds=int(_add(numbers) if numbers else 0))
+        total = _add(numbers) if numbers else 0
+        # the server rounds a fractional total half away from zero (llround)
+        whole = math.floor(abs(total) + 0.5) * (1 if total >= 0 else -1)
+        return dates[0] + timedelta(milliseconds=whole)
     if not all(bson_type(value) in ("int", "long", "double") for value in values):
         # what the server answers (code 16554) for, say, a version stored as a string
         raise OperationFailure("$add only supports numeric or date types", code=16554)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import math
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -124,6 +125,12 @@ def _scope_for(proxy: Any, user_id: Any, agent_name: Any) -> Any:
     return own._store.proxy(user_id, agent_name)
 
 
+def _stable_repr(value: object) -> str:
+    """``repr`` without the addresses of objects, so that test ids are the same in every
+    process (pytest-xdist's workers must collect the same tests)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
 def _cases() -> list[Any]:
     cases: list[Any] = []
     for label, make in BAD_VALUES:
@@ -136,7 +143,7 @@ def _cases() -> list[Any]:
             )
         )
     for name, error in BAD_NAMES:
-        ids = repr(name)
+        ids = _stable_repr(name)
         cases += [
             pytest.param(lambda p, n=name: p.get(n), error, id=f"get key {ids}"),
             pytest.param(lambda p, n=name: p.set(n, 1), error, id=f"set key {ids}"),
@@ -160,7 +167,7 @@ def _cases() -> list[Any]:
                 )
             )
     for metadata, error in BAD_METADATA:
-        ids = repr(metadata)[:40]
+        ids = _stable_repr(metadata)[:40]
         cases += [
             pytest.param(lambda p, m=metadata: p.set("k", 1, m), error, id=f"set metadata {ids}"),
             pytest.param(

@@ -13,10 +13,10 @@ from bson.regex import Regex
 
 from agent_datastore import DataStore, connect
 from agent_datastore import _operations as ops
-from agent_datastore._core import MAX_TTL
+from agent_datastore._core import MAX_TTL, SERVICE_SEARCH_MAX_TIME_MS
 
 from .test_wire_commands import SCOPE, SIMPLE, only_command, without_expiry
-from .wire import WireServer, start_wire_server
+from .wire import Fault, WireServer, start_wire_server
 
 NAMESPACES = ["a", "a.b", "a.b.c", "ab", "a-b", "a/", "b", "a.", "é"]
 
@@ -84,13 +84,24 @@ def test_the_refresh_is_one_update_of_the_items_that_expire(
     (statement,) = command["updates"]
     assert statement["multi"] is True
     assert not statement.get("upsert")
+    # each branch whole (a rooted $or is planned branch by branch, on the unique index):
+    # live and expiring, with a length in whole milliseconds that is not an array
+    rest = [
+        ("expiresAt", {"$gt": settings.now.replace(tzinfo=None)}),
+        (
+            "metadata.ttl_ms",
+            {
+                "$gte": 1,
+                "$lte": MAX_TTL // timedelta(milliseconds=1),
+                "$not": {"$type": "array"},
+            },
+        ),
+    ]
     assert statement["q"] == {
         "$or": [
-            dict([*SCOPE[:2], ("namespace", "a"), ("key", {"$in": ["k1", "k3"]})]),
-            dict([*SCOPE[:2], ("namespace", "b"), ("key", {"$in": ["k2"]})]),
-        ],
-        "expiresAt": {"$gt": settings.now.replace(tzinfo=None)},
-        "metadata.ttl_ms": {"$gt": 0, "$lte": MAX_TTL // timedelta(milliseconds=1)},
+            dict([*SCOPE[:2], ("namespace", "a"), ("key", {"$in": ["k1", "k3"]}), *rest]),
+            dict([*SCOPE[:2], ("namespace", "b"), ("key", {"$in": ["k2"]}), *rest]),
+        ]
     }
     moment = settings.now.replace(tzinfo=None)
     assert statement["u"] == [{"$set": {"expiresAt": {"$add": [moment, "$metadata.ttl_ms"]}}}]
@@ -106,6 +117,8 @@ def test_the_refresh_is_one_update_of_the_items_that_expire(
         ({"within": "agent", "limit": 0}, ValueError),
         ({"within": "agent", "offset": -1}, ValueError),
         ({"within": "agent", "offset": 1.0}, TypeError),
+        # a router sends its shards limit + skip, which overflows past int64
+        ({"within": "agent", "offset": 2**63 - 1, "limit": 10}, ValueError),
         ({"within": "namespace", "keys": "abc"}, TypeError),
         ({"within": "namespace", "keys": [""]}, ValueError),
     ],
@@ -208,12 +221,14 @@ def test_refresh_restarts_the_expiry_of_live_items_with_a_stored_length_only(
     proxy.set("no-length", 2, ttl=60)
     proxy.set("no-expiry", 3, {"ttl_ms": 60_000})
     proxy.set("bad-length", 4, {"ttl_ms": "60000"}, ttl=60)
+    # an array's elements could meet the bounds one each, and $add would fail the update
+    proxy.set("array-length", 6, {"ttl_ms": [-1, 60_000]}, ttl=60)
     proxy.set("gone", 5, {"ttl_ms": 60_000}, ttl=10)
     other = store.proxy("user-2", "agent-a", "a")
     other.set("short", 1, {"ttl_ms": 60_000}, ttl=60)
     before = {key: proxy.get_item(key) for key in ("short", "no-length", "no-expiry")}
     clock[0] += timedelta(seconds=30)
-    keys = ["short", "no-length", "no-expiry", "bad-length", "gone", "absent"]
+    keys = ["short", "no-length", "no-expiry", "bad-length", "array-length", "gone", "absent"]
     items = [("a", key) for key in keys]
     changed = store._run(ops.refresh_expiry(proxy._scope, store._settings(), items, "ttl_ms"))
     assert changed == 1
@@ -231,3 +246,23 @@ def test_refresh_restarts_the_expiry_of_live_items_with_a_stored_length_only(
     clock[0] += timedelta(seconds=45)
     assert proxy.get("short") == 1
     assert proxy.get("no-length") is None
+
+
+def test_the_services_search_is_bounded_in_time_and_says_so_when_it_is_cut_off(
+    wire: WireServer, wired: DataStore
+) -> None:
+    scope = wired.proxy("user-1", "agent-a")._scope
+    search = ops.find_items_within(
+        scope, wired._settings(), within="agent", value_filter={"a": 1}, limit=10, max_bytes=1
+    )
+    wired._run(search)
+    command = only_command(wire, "find")
+    assert command["maxTimeMS"] == SERVICE_SEARCH_MAX_TIME_MS
+    wire.fail_next("find", Fault("error", 50, "operation exceeded time limit"))
+    search = ops.find_items_within(scope, wired._settings(), within="agent", max_bytes=1)
+    with pytest.raises(ValueError, match="did not finish within its time limit"):
+        wired._run(search)
+    only_command(wire, "find")  # sent once: asking again would time out again
+    # a proxy's own search has no bound of its own: the caller's client decides
+    found(wired, within="agent")
+    assert "maxTimeMS" not in only_command(wire, "find")

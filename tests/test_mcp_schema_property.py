@@ -53,6 +53,17 @@ _TTL = st.one_of(
 _VERSION = st.one_of(st.integers(-1, 3), st.integers(2**63 - 2, 2**63))
 
 
+def _or_as_float(integers: Any) -> Any:
+    """``integers``, some as the whole-number float JSON Schema also calls an integer (1.0,
+    1e0), some as booleans (which it does not), and a few floats that are not whole."""
+    return st.one_of(
+        integers,
+        integers.filter(lambda number: abs(number) <= 2**70).map(float),
+        st.booleans(),
+        st.sampled_from([0.5, -1.5, 2.0**63, float(2**63 - 1024)]),
+    )
+
+
 def _arguments(required: dict[str, Any], optional: dict[str, Any]) -> Any:
     return st.fixed_dictionaries(required, optional={"namespace": _NAMES, **optional})
 
@@ -63,7 +74,7 @@ ARGUMENTS = {
         {
             "metadata": st.dictionaries(_NAMES, _VALUES, max_size=2),
             "ttl": _TTL,
-            "if_version": _VERSION,
+            "if_version": _or_as_float(_VERSION),
         },
     ),
     "set_many": _arguments(
@@ -71,12 +82,14 @@ ARGUMENTS = {
         {"metadata": st.dictionaries(_NAMES, _VALUES, max_size=2), "ttl": _TTL},
     ),
     "increment": _arguments(
-        {"key": _NAMES}, {"amount": st.integers() | st.sampled_from([2**63 - 1, -(2**63)])}
+        {"key": _NAMES},
+        {"amount": _or_as_float(st.integers() | st.sampled_from([2**63 - 1, -(2**63)]))},
     ),
     "delete_many": _arguments({"keys": st.lists(_NAMES, max_size=3)}, {}),
     "get_many": _arguments({"keys": st.lists(_NAMES, max_size=3)}, {}),
     "list_keys": _arguments(
-        {}, {"prefix": _NAMES, "start_after": _NAMES, "limit": st.integers(0, 1001)}
+        {},
+        {"prefix": _NAMES, "start_after": _NAMES, "limit": _or_as_float(st.integers(0, 1001))},
     ),
 }
 
@@ -97,7 +110,53 @@ async def _everything(store: agent_datastore.AsyncDataStore) -> list[tuple[str, 
     return found
 
 
+# The integer arguments, and what each is when given as a whole-number float: the same.
+_INTEGER_ARGUMENTS = ("if_version", "amount", "limit")
+
+
+def _given_as(kind: type, arguments: dict[str, Any]) -> bool:
+    """Whether an integer argument is given as a ``kind`` (1.0 == 1 == True: types tell)."""
+    return any(type(arguments.get(name)) is kind for name in _INTEGER_ARGUMENTS)
+
+
+def _as_integers(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: int(value) if name in _INTEGER_ARGUMENTS and type(value) is float else value
+        for name, value in arguments.items()
+    }
+
+
+async def _outcome(name: str, arguments: dict[str, Any]) -> Any:
+    async with agent_datastore.connect_async("mongomock://") as store:
+        proxy = store.proxy("user-1", "agent-a")
+        await proxy.use_namespace("default").set("existing", 1)
+        result = await call_tool(proxy, name, arguments)
+        return result.is_error, result.structured_content, await _everything(store)
+
+
+def _booleans_as_integers(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: int(value) if name in _INTEGER_ARGUMENTS and type(value) is bool else value
+        for name, value in arguments.items()
+    }
+
+
+async def _check_a_boolean_is_refused(name: str, arguments: dict[str, Any]) -> None:
+    """A boolean is no integer to JSON Schema (nor to the proxy): refused, nothing written."""
+    erring, content, everything = await _outcome(name, arguments)
+    assert erring, arguments
+    assert content["error"] == "invalid_argument"
+    assert everything == [("default", "existing", "1")]
+    if SCHEMAS[name].is_valid(_booleans_as_integers(arguments)):  # the boolean alone is wrong
+        assert "is not of type 'integer'" in content["message"]
+
+
 async def _check(name: str, arguments: dict[str, Any]) -> None:
+    if _given_as(float, arguments):
+        # a whole-number float the schema accepts does what its integer does, to the letter
+        # of the answer
+        outcome = await _outcome(name, arguments)
+        assert _exactly(outcome) == _exactly(await _outcome(name, _as_integers(arguments)))
     async with agent_datastore.connect_async("mongomock://") as store:
         proxy = store.proxy("user-1", "agent-a")
         await proxy.use_namespace("default").set("existing", 1)
@@ -131,6 +190,9 @@ def test_what_a_schema_accepts_is_stored_exactly_or_refused_as_documented(
     name: str, data: Any
 ) -> None:
     arguments = data.draw(ARGUMENTS[name], label="arguments")
+    if _given_as(bool, arguments):
+        asyncio.run(_check_a_boolean_is_refused(name, arguments))
+        return
     assume(SCHEMAS[name].is_valid(arguments))
     asyncio.run(_check(name, arguments))
 

@@ -157,3 +157,72 @@ def test_without_the_extra_the_command_names_it(monkeypatch: pytest.MonkeyPatch)
         "pip install 'agent-datastore[mcp]'\n"
     )
     assert result.stdout == ""
+
+
+def _initialize() -> list[str]:
+    return [
+        _message(
+            0,
+            "initialize",
+            {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "0"},
+            },
+        ),
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    ]
+
+
+def _raw_set(identifier: int, value: str) -> str:
+    """A ``set`` request whose value is the JSON text ``value``, as written."""
+    return (
+        f'{{"jsonrpc":"2.0","id":{identifier},"method":"tools/call","params":{{"name":"set",'
+        f'"arguments":{{"key":"k","value":{value}}}}}}}'
+    )
+
+
+def _lines_answered(lines: list[str]) -> list[dict[str, Any]]:
+    """The messages the command writes for ``lines``, given all at once and then end of
+    input, as a client that sends its requests and closes the pipe at once."""
+    completed = subprocess.run(
+        [*COMMAND, *LOCAL],
+        input="".join(line + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        env=_environment(),
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return [json.loads(line) for line in completed.stdout.splitlines()]
+
+
+def test_a_line_that_is_no_message_is_answered_and_every_request_read_is_answered() -> None:
+    deep = "[" * 250 + "]" * 250
+    lines = [
+        *_initialize(),
+        "garbage",
+        # a lone surrogate escape, nesting past the SDK's parser, an integer past 4,300 digits
+        _raw_set(1, '"\\ud800"'),
+        _raw_set(2, deep),
+        _raw_set(3, "1" + "0" * 4300),
+        json.dumps([1, 2]),  # JSON, but no JSON-RPC message
+        # read before the end of input: each gets its answer before the server stops
+        *(
+            _message(identifier, "tools/call", {"name": "increment", "arguments": {"key": "n"}})
+            for identifier in range(10, 20)
+        ),
+    ]
+    answers = _lines_answered(lines)
+    errors = [answer["error"] for answer in answers if answer.get("id") is None]
+    assert [error["code"] for error in errors] == [-32700, -32700, -32700, -32700, -32600]
+    assert all(error["message"].startswith("Parse error: ") for error in errors[:4])
+    assert "recursion limit" in errors[2]["message"]
+    results = {answer["id"]: answer["result"] for answer in answers if "result" in answer}
+    assert sorted(results) == [0, *range(10, 20)]
+    counted = sorted(
+        result["structuredContent"]["value"]
+        for result in results.values()
+        if "structuredContent" in result
+    )
+    assert counted == list(range(1, 11))

@@ -225,3 +225,23 @@ def test_adding_to_something_not_a_number_fails_as_on_the_server() -> None:
 def test_the_evaluator_refuses_what_it_does_not_know(expression: Any) -> None:
     with pytest.raises(NotImplementedError):
         evaluate(expression, {})
+
+
+@pytest.mark.parametrize(
+    ("milliseconds", "expected"),
+    [(60_000, 60_000), (Int64(5), 5), (1.5, 2), (2.5, 3), (-1.5, -2), (0.4, 0)],
+)
+def test_a_date_plus_milliseconds_rounds_half_away_from_zero_as_the_server_does(
+    milliseconds: Any, expected: int
+) -> None:
+    # refresh_expiry's $add of now and a stored length (DoubleDoubleSummation::getLong)
+    moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    document = {"length": milliseconds}
+    after = run_pipeline(document, [{"$set": {"at": {"$add": [moment, "$length"]}}}])
+    assert after["at"] == moment + timedelta(milliseconds=expected)
+
+
+def test_only_one_date_may_be_added() -> None:
+    moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with pytest.raises(OperationFailure, match="only one date"):
+        run_pipeline({}, [{"$set": {"at": {"$add": [moment, moment]}}}])

@@ -75,7 +75,11 @@ def _tool_section(tool: Tool) -> list[str]:
             )
             + " |"
         )
-    result = ", ".join(f"`{name}`" for name in tool.output_schema["properties"])
+    always = set(tool.output_schema["required"])
+    result = ", ".join(
+        f"`{name}`" + ("" if name in always else " (only when there is one)")
+        for name in tool.output_schema["properties"]
+    )
     lines += ["", f"Result (structured content): {result}.", ""]
     return lines
 

@@ -7,6 +7,7 @@ reading decodes it back exactly, and refuses a segment that is not valid UTF-8.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import quote, unquote
 
 import mcp_types as types
 
+from .._serving import json_pieces
 from ._tools import MAX_BATCH, Proxy, item_to_json
 
 __all__ = [
@@ -116,12 +118,19 @@ async def read(proxy: Proxy, uri: str) -> types.ReadResourceResult:
         found = await scoped.get_item(key)
         if found is None:
             raise ResourceNotFound(f"no item {key!r} in namespace {scoped.namespace!r}")
-        content = item_to_json(found)
+        # a value of up to 16 MiB: encoded in pieces in a worker thread, as the store service
+        # encodes a large answer, so that other callers are served meanwhile
+        pieces = await asyncio.to_thread(json_pieces, item_to_json(found))
+        text = b"".join(pieces).decode("utf-8")
+        return _contents(uri, text)
     else:
         raise ResourceNotFound(
             f"no such resource; the URIs are {LISTING_TEMPLATE} and {ITEM_TEMPLATE}"
         )
-    text = json.dumps(content, ensure_ascii=False)
+    return _contents(uri, json.dumps(content, ensure_ascii=False))
+
+
+def _contents(uri: str, text: str) -> types.ReadResourceResult:
     return types.ReadResourceResult(
         contents=[types.TextResourceContents(uri=uri, mime_type=JSON_TYPE, text=text)]
     )

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
+import re
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -28,8 +30,11 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
+from mcp.shared._context_streams import create_context_streams
+from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.exceptions import MCPError
-from pydantic import AnyHttpUrl
+from mcp.shared.message import SessionMessage
+from pydantic import AnyHttpUrl, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,7 +51,7 @@ from .._exceptions import (
 from .._remote import AsyncRemoteDataStoreProxy
 from .._tokens import _check_audience, _secret_bytes, verify_token
 from . import _resources
-from ._tools import TOOLS, Proxy, Tool
+from ._tools import TOOLS, Proxy, TooDeepForMCP, Tool
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -68,7 +73,8 @@ INSTRUCTIONS = (
     "A persistent JSON key-value store of your own, kept between sessions: every key lives in "
     'a namespace ("default" unless you name one). Use set/get for single values, get_item '
     "for details (version, expiry), increment for counters, and list_keys to see what is "
-    "there. Values are JSON; integers of any size are kept exactly."
+    "there. Values are JSON; integers of up to 4,300 digits are kept exactly. A get_many "
+    "that lists remaining keys was full: ask for those again."
 )
 UNAVAILABLE = "the store is unavailable; try again later"
 # The largest body a request may have over HTTP. A set of the largest value the store takes
@@ -83,6 +89,23 @@ _MAX_MESSAGE_CHARS = 500
 
 _TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
 _VALIDATORS = {tool.name: Draft202012Validator(tool.input_schema) for tool in TOOLS}
+# The arguments each tool's schema types "integer": JSON Schema counts 1.0 and 1e0 as integers
+# (a number with no fraction), as does JSON itself, and some clients cannot send them
+# otherwise (JavaScript has one number type); the proxy takes only Python ints.
+_INTEGER_ARGUMENTS = {
+    tool.name: [
+        name
+        for name, schema in tool.input_schema["properties"].items()
+        if schema.get("type") == "integer"
+    ]
+    for tool in TOOLS
+}
+# Python's refusal of an integer past its int/str conversion limit names a setting of the
+# interpreter, which is not the caller's to change; it is said in the caller's terms.
+_INT_DIGITS_LIMIT = re.compile(
+    r"Exceeds the limit \((\d+) digits\) for integer string conversion"
+    r"(?:: value has \d+ digits)?; use sys\.set_int_max_str_digits\(\) to increase the limit"
+)
 
 
 def error_of(exc: Exception) -> tuple[str, str] | None:
@@ -103,8 +126,11 @@ def error_of(exc: Exception) -> tuple[str, str] | None:
         if exc.status_code < 500:
             return "refused", exc.detail
         return "unavailable", UNAVAILABLE
+    if isinstance(exc, TooDeepForMCP):
+        return "too_deep", str(exc)
     if isinstance(exc, (TypeError, ValueError)):
-        return "invalid_argument", str(exc)
+        message = _INT_DIGITS_LIMIT.sub(r"an integer has more than \1 digits", str(exc))
+        return "invalid_argument", message
     return None
 
 
@@ -129,6 +155,17 @@ def _schema_error(tool: Tool, arguments: dict[str, Any]) -> str | None:
     return f"invalid arguments{f' at {where}' if where else ''}: {error.message}"
 
 
+def _with_whole_integers(tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` with each integer argument the schema accepted as a whole-number float
+    (1.0, 1e0) made the int it stands for; any other value is left for the proxy to judge."""
+    converted = {
+        name: int(arguments[name])
+        for name in _INTEGER_ARGUMENTS[tool.name]
+        if type(arguments.get(name)) is float
+    }
+    return {**arguments, **converted} if converted else arguments
+
+
 async def call_tool(
     proxy: Proxy, name: str, arguments: dict[str, Any] | None
 ) -> types.CallToolResult:
@@ -143,6 +180,7 @@ async def call_tool(
     refusal = _schema_error(tool, arguments)
     if refusal is not None:
         return _tool_error("invalid_argument", refusal)
+    arguments = _with_whole_integers(tool, arguments)
     try:
         scoped = proxy.use_namespace(arguments.get("namespace", "default"))
         structured, text = await tool.run(scoped, arguments)
@@ -235,12 +273,118 @@ def _resource_error(exc: Exception) -> MCPError:
     return MCPError(code, _shortened(message))
 
 
+# After stdin closes, how long the requests already read may take to be answered.
+STDIN_CLOSED_GRACE_SECONDS = 60.0
+
+
+def _unreadable_line_error(exc: Exception) -> SessionMessage:
+    """The JSON-RPC answer to a line the transport could not read as a message: -32700 for
+    text that is not JSON (or that the SDK's parser refuses: a lone surrogate, nesting past
+    its limit, a number of more than 4,300 digits), -32600 for JSON that is no JSON-RPC
+    message; ``id`` null, since the request's own could not be read (JSON-RPC 2.0, 5.1)."""
+    parser_errors = [
+        error["msg"]  # the parser's words and the place, without the input
+        for error in (exc.errors() if isinstance(exc, ValidationError) else [])
+        if error["type"] == "json_invalid"
+    ]
+    if parser_errors:
+        message = f"Parse error: {_shortened(parser_errors[0])}"
+        error = types.ErrorData(code=types.PARSE_ERROR, message=message)
+    else:
+        error = types.ErrorData(
+            code=types.INVALID_REQUEST, message="Invalid Request: not a JSON-RPC message"
+        )
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=None, error=error))
+
+
+class _AnswerCounter:
+    """The write side of the server, counting the requests read and not yet answered, so that
+    the server is stopped only once every request read before stdin closed has its answer
+    (the SDK stops at end of input and cancels the handlers still running)."""
+
+    def __init__(self, stream: WriteStream[SessionMessage]) -> None:
+        self._stream = stream
+        self.unanswered: Counter[types.RequestId] = Counter()
+        self._changed = anyio.Event()
+
+    def read(self, message: types.JSONRPCMessage) -> None:
+        if isinstance(message, types.JSONRPCRequest):
+            self.unanswered[message.id] += 1
+        elif (
+            isinstance(message, types.JSONRPCNotification)
+            and message.method == "notifications/cancelled"
+            and isinstance(message.params, dict)
+        ):
+            # a cancelled request gets no answer (the specification's "Cancellation")
+            self._answered(message.params.get("requestId"))
+
+    def _answered(self, request_id: Any) -> None:
+        if self.unanswered.get(request_id, 0) > 0:
+            self.unanswered[request_id] -= 1
+            if not self.unanswered[request_id]:
+                del self.unanswered[request_id]
+            self._changed.set()
+
+    async def all_answered(self) -> None:
+        while self.unanswered:
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+    async def send(self, item: SessionMessage, /) -> None:
+        await self._stream.send(item)
+        if isinstance(item.message, (types.JSONRPCResponse, types.JSONRPCError)):
+            self._answered(item.message.id)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> _AnswerCounter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+async def serve_lines(
+    server: Server[Any],
+    read_stream: ReadStream[SessionMessage | Exception],
+    write_stream: WriteStream[SessionMessage],
+) -> None:
+    """Run ``server`` on the streams of a line transport (``stdio_server``), answering what
+    the SDK's server leaves unanswered: a line that is not a JSON-RPC message gets an error
+    with id null instead of silence, and at end of input the requests already read are
+    answered (for at most ``STDIN_CLOSED_GRACE_SECONDS``) before the server stops."""
+    to_server, server_reads = create_context_streams[SessionMessage | Exception](0)
+    answers = _AnswerCounter(write_stream)
+
+    async def relay() -> None:
+        async with to_server:
+            async for item in read_stream:
+                if isinstance(item, Exception):
+                    await write_stream.send(_unreadable_line_error(item))
+                    continue
+                answers.read(item.message)
+                await to_server.send(item)
+            with anyio.move_on_after(STDIN_CLOSED_GRACE_SECONDS):
+                await answers.all_answered()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(relay)
+        await server.run(server_reads, answers, server.create_initialization_options())
+
+
 async def run_stdio(proxy: Proxy) -> None:
     """Serve the tools on this process's stdin and stdout, for ``proxy``'s user and agent,
-    until stdin closes."""
+    until stdin closes and every request read has its answer."""
     server = create_server(proxy)
     async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+        await serve_lines(server, read_stream, write_stream)
 
 
 class TokenVerifier:

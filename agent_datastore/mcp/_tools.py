@@ -3,24 +3,42 @@ written for a model, and one coroutine over an async proxy (local or remote).
 
 The schemas state the proxy's limits as far as JSON Schema can; what it cannot state exactly
 (a key's length in UTF-8 bytes, a value's size once stored) the descriptions say, and the
-proxy's own checks refuse. Nothing here checks a rule of its own: an argument the schema
-accepts reaches the proxy, which stores it exactly or refuses it with its own message.
+proxy's own checks refuse. Nothing here checks a rule of its own but the one MCP imposes
+(a value nested deeper than ``MAX_MCP_DEPTH``, which could be stored but never read back over
+MCP): an argument the schema accepts reaches the proxy, which stores it exactly or refuses it
+with its own message.
+
+An answer is bounded as the store service bounds its own: a ``get_many`` reads and returns at
+most ``MAX_ANSWER_BYTES`` of JSON (always one value) and names the keys it did not read as
+``remaining``; values are measured in a worker thread; the text form repeats the JSON only when
+it is short.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .. import _core
+from .. import _codec, _core, _protocol
+from .. import _operations as ops
 from .._async import AsyncAgentDataStoreProxy
 from .._items import Item
 from .._remote import AsyncRemoteDataStoreProxy
+from .._serving import json_pieces
 
-__all__ = ["TOOLS", "Proxy", "Tool", "item_to_json"]
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "MAX_MCP_DEPTH",
+    "TOOLS",
+    "Proxy",
+    "TooDeepForMCP",
+    "Tool",
+    "item_to_json",
+]
 
 Proxy = AsyncAgentDataStoreProxy | AsyncRemoteDataStoreProxy
 
@@ -29,6 +47,24 @@ Proxy = AsyncAgentDataStoreProxy | AsyncRemoteDataStoreProxy
 MAX_BATCH = _core.KEY_PAGE_SIZE
 DEFAULT_LIST_LIMIT = 100
 _MAX_TTL_SECONDS = int(_core.MAX_TTL.total_seconds())
+
+# What one tool answer holds at most, in bytes of JSON: a get_many answers what fits and
+# names the rest as ``remaining``; a single value larger than this still comes alone (up to
+# the store's 16 MiB). The answer is for a model: 1 MiB of JSON is some 250,000 tokens or
+# more, past most models' context and far past what clients pass on from one tool result,
+# so a larger page would only cost the server (every other caller waits while the SDK
+# encodes it on the event loop) for nothing the model can read.
+MAX_ANSWER_BYTES = 1024 * 1024
+# The text form repeats the structured content's JSON (for clients that give the model only
+# the text, as the MCP specification recommends) when it is at most this long; past it, the
+# text is a one-line summary, so that no answer carries a large value twice.
+MAX_TEXT_COPY_BYTES = 64 * 1024
+# The deepest value (lists and objects on its deepest path: [] is 1, {"a": []} is 2) that a
+# tool takes or returns. The MCP SDK parses every JSON-RPC message with a limit of 201 levels
+# of nesting, and the deepest place a tool puts a value is 5 levels down (message, result,
+# structuredContent, item, metadata): a value nested deeper could be stored but not read back,
+# or not parsed by the client at all. The store itself takes 400 (``_codec.MAX_VALUE_DEPTH``).
+MAX_MCP_DEPTH = 196
 
 # Strings are counted in characters by JSON Schema, in UTF-8 bytes by the store: a character
 # is 1 to 4 bytes, so maxLength lets through some strings the proxy then refuses.
@@ -48,8 +84,9 @@ _NAMESPACE = {
     f"{_core.MAX_NAME_BYTES} bytes in UTF-8.",
 }
 _VALUE = {
-    "description": "Any JSON value: object, array, string, number, true, false or null. "
-    "Integers of any size and object keys with '$' or '.' are kept exactly."
+    "description": "Any JSON value: object, array, string, number, true, false or null, "
+    f"nested at most {MAX_MCP_DEPTH} levels. Integers (up to 4,300 digits) and object keys "
+    "with '$' or '.' are kept exactly."
 }
 _METADATA = {
     "type": "object",
@@ -80,7 +117,11 @@ _KEYS = {"type": "array", "items": _KEY, "maxItems": MAX_BATCH}
 _ERRORS_COMMON = (
     "Errors (isError, with a message): an argument the store refuses (a key over "
     f"{_core.MAX_KEY_BYTES:,} bytes in UTF-8, a value over 16 MiB once stored, "
-    "nesting deeper than 400 levels); the store unavailable (try again later)."
+    f"nesting deeper than {MAX_MCP_DEPTH} levels); the store unavailable (try again later)."
+)
+_TOO_DEEP_ERROR = (
+    f" A value stored by other means nested deeper than {MAX_MCP_DEPTH} levels cannot travel "
+    "over MCP: reading it is an error (too_deep)."
 )
 
 
@@ -116,6 +157,61 @@ def _json(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
+def _too_deep_message(what: str) -> str:
+    return (
+        f"{what} is nested deeper than the {MAX_MCP_DEPTH} levels of lists and objects a value "
+        f"can have over MCP (the store itself takes {_codec.MAX_VALUE_DEPTH})"
+    )
+
+
+class TooDeepForMCP(ValueError):
+    """A value read from the store nested deeper than ``MAX_MCP_DEPTH`` levels: the store
+    holds it (written by other means than MCP), but MCP cannot carry it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(_too_deep_message(what) + ": read it without MCP")
+
+
+def _deeper_than_mcp(value: Any) -> bool:
+    if not isinstance(value, (dict, list)):
+        return False
+    try:
+        _codec._check_depth(value, MAX_MCP_DEPTH)
+    except TypeError:
+        return True
+    return False
+
+
+def _check_depth_for_mcp(value: Any, what: str) -> None:
+    """Refuse an argument (``invalid_argument``) that MCP could not carry back."""
+    if _deeper_than_mcp(value):
+        raise ValueError(_too_deep_message(what))
+
+
+def _sizes(values: list[Any], keys: list[str] | None = None) -> list[int]:
+    """The size in bytes of each value's JSON, as the SDK will send it; ``TooDeepForMCP`` for
+    a value that MCP cannot carry (naming its key, if ``keys`` are given). The encoding is in
+    pieces (``_serving.json_pieces``, Python code), so that in a worker thread it leaves the
+    event loop running."""
+    sizes = []
+    for index, value in enumerate(values):
+        if _deeper_than_mcp(value):
+            raise TooDeepForMCP(
+                "the value stored" if keys is None else f"the value of {keys[index]!r}"
+            )
+        sizes.append(sum(map(len, json_pieces(value))))
+    return sizes
+
+
+async def _sizes_off_the_loop(values: list[Any], keys: list[str] | None = None) -> list[int]:
+    return await asyncio.to_thread(_sizes, values, keys)
+
+
+def _text(data: Any, size: int, summary: str) -> str:
+    """The text form: ``data``'s JSON when it is short (``size`` bytes), else ``summary``."""
+    return _json(data) if size <= MAX_TEXT_COPY_BYTES else summary
+
+
 # What a tool's coroutine returns: the structured content and its short text form.
 Result = tuple[dict[str, Any], str]
 
@@ -140,11 +236,22 @@ async def _get(proxy: Proxy, args: dict[str, Any]) -> Result:
     value = await proxy.get(key, missing)
     if value is missing:
         return {"key": key, "found": False, "value": None}, f"no item {key!r}"
-    return {"key": key, "found": True, "value": value}, _json(value)
+    (size,) = await _sizes_off_the_loop([value])
+    summary = f"found {key!r}: {size:,} bytes of JSON, in the structured content"
+    return {"key": key, "found": True, "value": value}, _text(value, size, summary)
+
+
+def _check_values_for_mcp(values: dict[str, Any], metadata: dict[str, Any] | None) -> None:
+    """Refuse what MCP could not carry back: a value that could be stored but never read."""
+    for key, value in values.items():
+        _check_depth_for_mcp(value, f"the value of {key!r}")
+    for name, value in (metadata or {}).items():
+        _check_depth_for_mcp(value, f"the metadata value {name!r}")
 
 
 async def _set(proxy: Proxy, args: dict[str, Any]) -> Result:
     key = args["key"]
+    _check_values_for_mcp({key: args["value"]}, args.get("metadata"))
     await proxy.set(
         key,
         args["value"],
@@ -169,7 +276,11 @@ async def _list_keys(proxy: Proxy, args: dict[str, Any]) -> Result:
     )
     # a full page may have more after it; an empty next page is the only false lead
     following = keys[-1] if len(keys) == limit else None
-    return {"keys": keys, "next_start_after": following}, _json(keys)
+    # at most 1,000 keys of at most 1,024 bytes: encoded on the loop, like the SDK will
+    text = _json(keys)
+    if len(text) > MAX_TEXT_COPY_BYTES:
+        text = f"{len(keys)} keys, in the structured content"
+    return {"keys": keys, "next_start_after": following}, text
 
 
 async def _list_namespaces(proxy: Proxy, args: dict[str, Any]) -> Result:
@@ -177,14 +288,65 @@ async def _list_namespaces(proxy: Proxy, args: dict[str, Any]) -> Result:
     return {"namespaces": namespaces}, _json(namespaces)
 
 
+async def _read_within(
+    proxy: Proxy, keys: list[str], budget: int
+) -> tuple[dict[str, Any], set[str]]:
+    """The values of ``keys`` that the store reads within about ``budget`` bytes (always one),
+    and the keys it did not reach. A proxy's own ``get_many`` would read every value first,
+    up to 1,000 of 16 MiB: this reads what the budget allows, as the store service does."""
+    if isinstance(proxy, AsyncAgentDataStoreProxy):
+        store = proxy._store
+        read = ops.get_many_within(proxy._scope, store._settings(), keys, budget)
+        found, unread, _ = await store._run(read)
+        return found, set(unread)
+    # one request to the service, which answers what fits in its own budget and names the
+    # rest as remaining; a service that takes fewer keys a request gets the first ones
+    asked = list(dict.fromkeys(_core.check_keys(keys)))
+    if not asked:
+        return {}, set()
+    try:
+        answer = await proxy._exchange(
+            _protocol._with_namespace(proxy._scope, "get_many", keys=asked)
+        )
+    except _protocol.BatchTooLarge as exc:
+        if not 0 < exc.max_batch < len(asked):
+            raise
+        first = asked[: exc.max_batch]
+        request = _protocol._with_namespace(proxy._scope, "get_many", keys=first)
+        answer = await proxy._exchange(request)
+        answer.setdefault("remaining", []).extend(asked[exc.max_batch :])
+    found, remaining = answer["result"], answer.get("remaining", [])
+    if not isinstance(found, dict) or not isinstance(remaining, list):
+        raise _protocol._not_the_protocol()
+    return found, set(remaining)
+
+
 async def _get_many(proxy: Proxy, args: dict[str, Any]) -> Result:
     keys = args["keys"]
-    found = await proxy.get_many(keys)
-    missing = [key for key in dict.fromkeys(keys) if key not in found]
-    return {"items": found, "missing": missing}, _json(found)
+    found, unread = await _read_within(proxy, keys, MAX_ANSWER_BYTES)
+    sizes = await _sizes_off_the_loop(list(found.values()), list(found))
+    kept: dict[str, Any] = {}
+    total = 64  # the envelope: {"items":{...},"missing":[...],"remaining":[...]}, roughly
+    for (key, value), size in zip(found.items(), sizes, strict=True):
+        total += len(_json(key).encode()) + size + 2
+        if kept and total > MAX_ANSWER_BYTES:
+            break
+        kept[key] = value
+    asked = list(dict.fromkeys(keys))
+    missing = [key for key in asked if key not in found and key not in unread]
+    remaining = [key for key in asked if key not in kept and key not in missing]
+    answer: dict[str, Any] = {"items": kept, "missing": missing}
+    summary = f"found {len(kept)} of {len(asked)} keys; {len(missing)} missing"
+    if remaining:
+        answer["remaining"] = remaining
+        summary += f"; {len(remaining)} remaining (not read: ask for them again)"
+    if total <= MAX_TEXT_COPY_BYTES:
+        summary += "\n" + _json(kept)
+    return answer, summary
 
 
 async def _set_many(proxy: Proxy, args: dict[str, Any]) -> Result:
+    _check_values_for_mcp(args["items"], args.get("metadata"))
     written = await proxy.set_many(args["items"], args.get("metadata"), ttl=args.get("ttl"))
     return {"written": written}, f"set {written} items in namespace {proxy.namespace!r}"
 
@@ -201,7 +363,12 @@ async def _get_item(proxy: Proxy, args: dict[str, Any]) -> Result:
     if item is None:
         return {"key": key, "found": False, "item": None}, f"no item {key!r}"
     details = item_to_json(item)
-    return {"key": key, "found": True, "item": details}, _json(details)
+    size = sum(await _sizes_off_the_loop([item.value, *item.metadata.values()]))
+    summary = (
+        f"found {key!r} at version {item.version}: {size:,} bytes of JSON, in the "
+        "structured content"
+    )
+    return {"key": key, "found": True, "item": details}, _text(details, size, summary)
 
 
 async def _delete_many(proxy: Proxy, args: dict[str, Any]) -> Result:
@@ -214,6 +381,7 @@ def _output(properties: dict[str, Any]) -> dict[str, Any]:
 
 
 _NULLABLE = {"type": ["string", "null"]}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
 _DATE = {"type": ["string", "null"], "description": "ISO 8601, UTC"}
 _ITEM = {
     "type": ["object", "null"],
@@ -233,7 +401,8 @@ TOOLS: tuple[Tool, ...] = (
         "get",
         "Read a value",
         "Read the value stored under a key. Returns found=false (and value null) when there "
-        "is no such item or it has expired. " + _ERRORS_COMMON,
+        "is no such item or it has expired. A value of any size up to the store's 16 MiB "
+        "comes whole. " + _ERRORS_COMMON + _TOO_DEEP_ERROR,
         _schema({"key": _KEY}, ["key"]),
         _output({"key": {"type": "string"}, "found": {"type": "boolean"}, "value": {}}),
         True,
@@ -249,7 +418,7 @@ TOOLS: tuple[Tool, ...] = (
         "(less if the operator set a lower limit). Errors (isError): a version conflict when "
         "if_version does not match (nothing changed: read the item again); an argument the "
         "store refuses (key over 1,024 bytes in UTF-8, value too large, nesting deeper than "
-        "400 levels, a metadata name starting with '$' or holding '.'); the store "
+        f"{MAX_MCP_DEPTH} levels, a metadata name starting with '$' or holding '.'); the store "
         "unavailable (try again later).",
         _schema(
             {
@@ -329,11 +498,23 @@ TOOLS: tuple[Tool, ...] = (
         "Read several values",
         f"Read the values of up to {MAX_BATCH:,} keys in one call. Returns items (key to "
         "value, only for keys that exist) and missing (the keys that do not, in the order "
-        "asked). " + _ERRORS_COMMON,
+        f"asked). An answer holds at most {MAX_ANSWER_BYTES // 1024 // 1024} MiB of JSON: "
+        "past that, remaining lists the keys not read, in the order asked, to ask for again "
+        "(a single larger value still comes alone). " + _ERRORS_COMMON + _TOO_DEEP_ERROR,
         _schema({"keys": _KEYS}, ["keys"]),
-        _output(
-            {"items": {"type": "object"}, "missing": {"type": "array", "items": {"type": "string"}}}
-        ),
+        {
+            "type": "object",
+            "properties": {
+                "items": {"type": "object"},
+                "missing": _STRINGS,
+                "remaining": {
+                    **_STRINGS,
+                    "description": "The keys not read because the answer was full (absent "
+                    "when every key was answered).",
+                },
+            },
+            "required": ["items", "missing"],
+        },
         True,
         _get_many,
     ),
@@ -394,7 +575,9 @@ TOOLS: tuple[Tool, ...] = (
         "Read an item with its details",
         "Read an item with its details: value, metadata, createdAt, updatedAt, version (the "
         "number to pass as if_version to set or delete) and expiresAt (null if it does not "
-        "expire). Returns found=false (and item null) when there is none. " + _ERRORS_COMMON,
+        "expire). Returns found=false (and item null) when there is none. "
+        + _ERRORS_COMMON
+        + _TOO_DEEP_ERROR,
         _schema({"key": _KEY}, ["key"]),
         _output({"key": {"type": "string"}, "found": {"type": "boolean"}, "item": _ITEM}),
         True,
