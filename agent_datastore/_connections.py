@@ -5,7 +5,8 @@ the connections and the database.
 uvicorn alone keeps a connection open for as long as a client sends a request slowly, or not
 at all (its only timeout is the keep-alive between requests), and accepts connections until
 the process runs out of file descriptors. ``guarded_h11_protocol`` adds what is missing to
-uvicorn's h11 protocol; ``serve`` passes it as ``uvicorn.Config(http=...)``.
+uvicorn's h11 protocol; ``guarded_config`` puts the three together in a ``uvicorn.Config``,
+for the store service (``server.serve``) and the MCP server (``mcp.serve_http``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -31,6 +33,7 @@ __all__ = [
     "connection_limits",
     "database_pool_size",
     "files_wanted",
+    "guarded_config",
     "guarded_h11_protocol",
     "raise_open_file_limit",
 ]
@@ -44,6 +47,9 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 OWN_FILES = 128
 # pymongo's default maxPoolSize: the connections to each database server it may open.
 DEFAULT_POOL_SIZE = 100
+# Longer than a client's own keep-alive (httpx: 5 s), so that a client never sends a request on
+# a connection the server is closing, which a write could not safely retry.
+KEEP_ALIVE_SECONDS = 75
 # uvicorn's default backlog of the listening socket, kept where the open-file limit allows.
 DEFAULT_BACKLOG = 2048
 # asyncio accepts up to a backlog of connections at each turn of its event loop, and one closed
@@ -200,3 +206,40 @@ def guarded_h11_protocol(request_timeout: float, max_connections: int) -> type[H
                 self.transport.close()
 
     return GuardedH11Protocol
+
+
+def guarded_config(
+    app: Any,
+    *,
+    request_timeout: float,
+    max_connections: int | None,
+    reserved: int,
+    **uvicorn_options: Any,
+) -> Any:
+    """A ``uvicorn.Config`` serving ``app`` with the guards: the open-file limit raised as far
+    as needed, ``guarded_h11_protocol`` with ``request_timeout`` and the bound of
+    ``connection_limits`` (``reserved``: the files the process keeps besides its clients'
+    connections), the backlog the files allow, no websockets, and ``KEEP_ALIVE_SECONDS``
+    between requests. Logs the bound once uvicorn's loggers are configured."""
+    import uvicorn
+
+    check_options(request_timeout, max_connections)
+    open_files = raise_open_file_limit(files_wanted(max_connections, reserved))
+    bound, backlog = connection_limits(max_connections, reserved, open_files)
+    config = uvicorn.Config(
+        app,
+        http=guarded_h11_protocol(request_timeout, bound),
+        backlog=backlog,
+        ws="none",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        **uvicorn_options,
+    )
+    # uvicorn has configured its loggers by now: this line goes with its own
+    logging.getLogger("uvicorn.error").info(
+        "At most %d connections at once (open-file limit %s); a request must arrive whole "
+        "within %g s",
+        bound,
+        open_files if open_files is not None else "none",
+        request_timeout,
+    )
+    return config

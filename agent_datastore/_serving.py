@@ -1,6 +1,6 @@
 """How the store service keeps one tenant's large request from holding up the others: a
 budget of bytes in flight, request bodies parsed off the event loop, and large answers encoded
-off it. Used by ``server``; no I/O of its own.
+off it; and the rate limit per token. Used by ``server`` and the MCP server; no I/O of its own.
 
 What costs the service time is not a body's bytes but the JSON values in it: ``json.loads``
 reads a 30 MiB string in about 30 ms but 30 MiB of empty objects in over 2 s, in C code that
@@ -26,6 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import json.scanner
+import math
+import threading
+import time
 from collections import deque
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -41,8 +44,10 @@ __all__ = [
     "Hold",
     "InflightBudget",
     "ParsedBody",
+    "RateLimiter",
     "json_pieces",
     "parse_body",
+    "retry_after",
 ]
 
 DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
@@ -78,6 +83,57 @@ LARGE_ANSWER_BYTES = 256 * 1024
 _CONTAINER_COST = 128
 _VALUE_COST = 32
 _TEXT_COPIES = 4
+
+
+class RateLimiter:
+    """A token bucket per token id (the verified ``jti``, never the token's text, which a
+    client could respell): ``requests`` at once, refilled at ``requests / per_seconds`` a
+    second. Only token ids seen within the last period keep a bucket."""
+
+    def __init__(self, requests: int, per_seconds: float) -> None:
+        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+            raise ValueError(f"rate_limit needs a positive number of requests, not {requests!r}")
+        if not isinstance(per_seconds, (int, float)) or not 0 < per_seconds < math.inf:
+            raise ValueError(f"rate_limit needs a positive period, not {per_seconds!r}")
+        self._capacity = float(requests)
+        self._rate = requests / per_seconds
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # level, time, token expiry
+        self._next_sweep = 10_000
+        self._lock = threading.Lock()
+
+    def wait_needed(self, token_id: str, expires_at: float) -> float:
+        """0 if the request of the token ``token_id`` may go now (and it is counted), else the
+        seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            level, last, _ = self._buckets.get(token_id, (self._capacity, now, expires_at))
+            level = min(self._capacity, level + (now - last) * self._rate)
+            if level < 1:
+                self._buckets[token_id] = (level, now, expires_at)
+                return (1 - level) / self._rate
+            self._buckets[token_id] = (level - 1, now, expires_at)
+            if len(self._buckets) > self._next_sweep:
+                self._forget_idle(now)
+            return 0.0
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the buckets that hold nothing a new one would not: refilled, or of an expired
+        token. Sweeping again only once the map has doubled keeps the cost per request flat."""
+        wall = time.time()
+        idle = [
+            token_id
+            for token_id, (level, last, expires_at) in self._buckets.items()
+            if expires_at < wall or level + (now - last) * self._rate >= self._capacity
+        ]
+        for token_id in idle:
+            del self._buckets[token_id]
+        self._next_sweep = max(10_000, 2 * len(self._buckets))
+
+
+def retry_after(wait: float) -> str:
+    """The ``Retry-After`` header of a request refused for ``wait`` seconds: whole seconds,
+    at least one."""
+    return str(max(1, math.ceil(wait)))
 
 
 class _PureDecoder(json.JSONDecoder):

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -41,6 +38,7 @@ from ._items import Item, ItemInfo
 from ._metrics import ServiceMetrics, check_metrics_token
 from ._openapi import openapi_document
 from ._serving import DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
+from ._serving import RateLimiter as _RateLimiter
 from ._store import DataStore
 from ._tokens import _check_audience, _secret_bytes, verify_token
 
@@ -62,51 +60,6 @@ logger = logging.getLogger("agent_datastore.server")
 
 # The routes of load balancers, orchestrators and Prometheus, beside the operations'.
 _SERVICE_ROUTES = ("healthz", "readyz", "metrics")
-
-
-class _RateLimiter:
-    """A token bucket per token id (the verified ``jti``, never the token's text, which a
-    client could respell): ``requests`` at once, refilled at ``requests / per_seconds`` a
-    second. Only token ids seen within the last period keep a bucket."""
-
-    def __init__(self, requests: int, per_seconds: float) -> None:
-        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
-            raise ValueError(f"rate_limit needs a positive number of requests, not {requests!r}")
-        if not isinstance(per_seconds, (int, float)) or not 0 < per_seconds < math.inf:
-            raise ValueError(f"rate_limit needs a positive period, not {per_seconds!r}")
-        self._capacity = float(requests)
-        self._rate = requests / per_seconds
-        self._buckets: dict[str, tuple[float, float, float]] = {}  # level, time, token expiry
-        self._next_sweep = 10_000
-        self._lock = threading.Lock()
-
-    def wait_needed(self, token_id: str, expires_at: float) -> float:
-        """0 if the request of the token ``token_id`` may go now (and it is counted), else the
-        seconds to wait."""
-        now = time.monotonic()
-        with self._lock:
-            level, last, _ = self._buckets.get(token_id, (self._capacity, now, expires_at))
-            level = min(self._capacity, level + (now - last) * self._rate)
-            if level < 1:
-                self._buckets[token_id] = (level, now, expires_at)
-                return (1 - level) / self._rate
-            self._buckets[token_id] = (level - 1, now, expires_at)
-            if len(self._buckets) > self._next_sweep:
-                self._forget_idle(now)
-            return 0.0
-
-    def _forget_idle(self, now: float) -> None:
-        """Drop the buckets that hold nothing a new one would not: refilled, or of an expired
-        token. Sweeping again only once the map has doubled keeps the cost per request flat."""
-        wall = time.time()
-        idle = [
-            token_id
-            for token_id, (level, last, expires_at) in self._buckets.items()
-            if expires_at < wall or level + (now - last) * self._rate >= self._capacity
-        ]
-        for token_id in idle:
-            del self._buckets[token_id]
-        self._next_sweep = max(10_000, 2 * len(self._buckets))
 
 
 def _too_large(detail: str) -> HTTPException:
@@ -448,9 +401,10 @@ def create_app(
         if limiter is not None:
             wait = limiter.wait_needed(token_id, token_scope.expires_at)
             if wait:
-                seconds = str(max(1, math.ceil(wait)))
                 raise HTTPException(
-                    429, "too many requests for this token", {"Retry-After": seconds}
+                    429,
+                    "too many requests for this token",
+                    {"Retry-After": _serving.retry_after(wait)},
                 )
         body, large_body = await checked_body(request, operation, hold)
         scope = _core.Scope.of(
@@ -548,11 +502,6 @@ def create_app(
     return app
 
 
-# Longer than a client's own keep-alive (httpx: 5 s), so that a client never sends a request on
-# a connection the service is closing, which a write could not safely retry.
-KEEP_ALIVE_SECONDS = 75
-
-
 def serve(
     uri: str,
     secret: str | bytes,
@@ -585,35 +534,22 @@ def serve(
     _secret_bytes(secret)  # a bad secret stops here, before anything is opened
     _connections.check_options(request_timeout, max_connections)
     reserved = _connections.OWN_FILES + _connections.database_pool_size(uri)
-    open_files = _connections.raise_open_file_limit(
-        _connections.files_wanted(max_connections, reserved)
-    )
-    bound, backlog = _connections.connection_limits(max_connections, reserved, open_files)
 
     async def run() -> None:
         store = connect_async(uri)
         try:
             app = create_app(store, secret, **app_options)
-            config = uvicorn.Config(
+            config = _connections.guarded_config(
                 app,
+                request_timeout=request_timeout,
+                max_connections=max_connections,
+                reserved=reserved,
                 host=host,
                 port=port,
                 ssl_certfile=ssl_certfile,
                 ssl_keyfile=ssl_keyfile,
-                http=_connections.guarded_h11_protocol(request_timeout, bound),
-                backlog=backlog,
-                ws="none",
-                timeout_keep_alive=KEEP_ALIVE_SECONDS,
                 lifespan="off",
                 log_level="info",
-            )
-            # uvicorn has configured its loggers by now: this line goes with its own
-            logging.getLogger("uvicorn.error").info(
-                "At most %d connections at once (open-file limit %s); a request must arrive "
-                "whole within %g s",
-                bound,
-                open_files if open_files is not None else "none",
-                request_timeout,
             )
             await uvicorn.Server(config).serve()
         finally:

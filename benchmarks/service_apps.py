@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agent_datastore._connections import KEEP_ALIVE_SECONDS
 from agent_datastore._store import CLIENT_DEFAULTS, CODEC_OPTIONS, DEFAULT_COLLECTION
-from agent_datastore.server import KEEP_ALIVE_SECONDS
 from agent_datastore.server import serve as serve_store
 from benchmarks.run import SIMPLE, raw_item_filter, raw_live_filter, raw_set_pipeline
 

@@ -125,7 +125,7 @@ def test_the_rate_limiter_refills_and_forgets_idle_tokens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("agent_datastore.server.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("agent_datastore._serving.time.monotonic", lambda: clock[0])
     limiter = _RateLimiter(2, 10)  # two at once, then one every 5 s
     forever = 1e12
     assert limiter.wait_needed("t", forever) == 0

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from ._base import EXIT_USAGE, CommandError, cli
-from ._serve import _has_password
+from ._serve import _has_password, _rate_limit
 
 
 def _store_uri(ctx: click.Context, uri: str | None) -> tuple[str | None, bool]:
@@ -110,6 +110,42 @@ async def _run_stdio(server: Any, uri: str | None, url: str | None, user: str, a
     help="Over http, accept only tokens issued for this audience, as serve does. Default: "
     "$AGENT_DATASTORE_AUDIENCE.",
 )
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Over http, larger request bodies are answered 413, and run nothing.",
+)
+@click.option(
+    "--max-inflight-bytes",
+    type=click.IntRange(min=1),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Over http, bytes that the bodies of requests in flight may hold at once (with their "
+    "parsing); beyond it a request waits briefly, then is answered 503 with Retry-After.",
+)
+@click.option(
+    "--rate-limit",
+    metavar="REQUESTS/SECONDS",
+    help="Over http, per token, e.g. 100/60; beyond it requests are answered 429. Default: none.",
+)
+@click.option(
+    "--request-timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Over http, a connection whose request has not arrived whole (headers and body) this "
+    "long after it was accepted, or after the request began, is closed.",
+)
+@click.option(
+    "--max-connections",
+    metavar="N",
+    type=click.IntRange(min=1),
+    help="Over http, open connections at most; new ones beyond it are closed at once. "
+    "Default: what the open-file limit allows after the store's pool, at most 10000.",
+)
 @click.pass_context
 def mcp(
     ctx: click.Context,
@@ -121,6 +157,11 @@ def mcp(
     host: str,
     port: int,
     audience: str | None,
+    max_body_bytes: int,
+    max_inflight_bytes: int,
+    rate_limit: str | None,
+    request_timeout: float,
+    max_connections: int | None,
 ) -> None:
     """Serve the store's tools to MCP clients (the mcp extra).
 
@@ -165,4 +206,16 @@ def mcp(
             "over http, set AGENT_DATASTORE_SECRET to the secret the runtime signs tokens with",
             EXIT_USAGE,
         )
-    server.serve_http(secret, uri=uri, url=url, audience=audience, host=host, port=port)
+    server.serve_http(
+        secret,
+        uri=uri,
+        url=url,
+        audience=audience,
+        host=host,
+        port=port,
+        request_timeout=request_timeout,
+        max_connections=max_connections,
+        max_body_bytes=max_body_bytes,
+        max_inflight_bytes=max_inflight_bytes,
+        rate_limit=_rate_limit(rate_limit),
+    )
