@@ -168,3 +168,25 @@ def test_with_a_store_service_the_callers_token_is_passed_on(service: ServiceThr
     finally:
         service.unmount(service_url)
         backend.close()
+
+
+def test_the_client_shared_by_callers_keeps_no_cookie_from_one_for_the_next() -> None:
+    import httpx
+
+    from agent_datastore.mcp._server import service_client
+
+    sent: list[str | None] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "session=ada; Path=/"}, json={})
+
+    async def two_callers() -> None:
+        client = service_client(httpx.MockTransport(gateway))
+        async with client:
+            await client.post("http://service.example/v1/get", headers={"authorization": "a"})
+            await client.post("http://service.example/v1/get", headers={"authorization": "b"})
+        assert not client.cookies
+
+    asyncio.run(two_callers())
+    assert sent == [None, None]

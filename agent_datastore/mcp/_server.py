@@ -627,9 +627,7 @@ def create_http_app(
     @asynccontextmanager
     async def lifespan(application: Any) -> AsyncIterator[None]:
         if url is not None:
-            import httpx
-
-            opened["client"] = httpx.AsyncClient(timeout=10.0)
+            opened["client"] = service_client()
         else:
             opened["store"] = connect_async(uri)
         try:
@@ -644,6 +642,20 @@ def create_http_app(
 
     app.router.lifespan_context = lifespan
     return app
+
+
+def service_client(transport: Any = None) -> Any:
+    """The one HTTP client that every caller's remote proxy shares (``--url``). It carries
+    nothing of one caller into another's requests: each request has its caller's token, and
+    the client keeps no cookies, which a gateway in front of the service may set (a shared
+    jar would send one caller's session cookie with the next caller's token)."""
+    import http.cookiejar
+
+    import httpx
+
+    no_cookies = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    jar = http.cookiejar.CookieJar(policy=no_cookies)
+    return httpx.AsyncClient(timeout=10.0, cookies=jar, transport=transport)
 
 
 def serve_http(
