@@ -173,7 +173,7 @@ def test_with_a_store_service_the_callers_token_is_passed_on(service: ServiceThr
 def test_the_client_shared_by_callers_keeps_no_cookie_from_one_for_the_next() -> None:
     import httpx
 
-    from agent_datastore.mcp._server import service_client
+    from agent_datastore.mcp._http import service_client
 
     sent: list[str | None] = []
 

@@ -16,15 +16,10 @@ except ImportError as exc:  # the mcp extra is not installed
         "agent_datastore.mcp needs the MCP SDK: pip install 'agent-datastore[mcp]'"
     ) from exc
 
+from ._http import TokenVerifier, create_http_app, serve_http
 from ._resources import ITEM_TEMPLATE, LISTING_TEMPLATE, item_uri, listing_uri
-from ._server import (
-    TokenVerifier,
-    call_tool,
-    create_http_app,
-    create_server,
-    run_stdio,
-    serve_http,
-)
+from ._server import call_tool, create_server
+from ._stdio import run_stdio
 from ._tools import TOOLS, Tool
 
 __all__ = [
