@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 try:
     from langgraph.store.base import (
@@ -48,19 +48,30 @@ except ImportError as exc:  # the langgraph extra is not installed
         "pip install 'agent-datastore[langgraph]'"
     ) from exc
 
-from .. import _codec, _core, _filters, _protocol
-from .. import _operations as ops
+from .. import _codec, _core, _filters
 from .._async import AsyncDataStore
 from .._operations import FoundItem
 from .._remote import AsyncRemoteDataStoreProxy, RemoteDataStoreProxy
 from .._store import DataStore
+from ._langgraph_requests import (
+    ANY_NAMESPACE,
+    TTL_FIELD,
+    Batch,
+    DeleteMany,
+    Find,
+    ListNamespaces,
+    Refresh,
+    SetMany,
+    local_async,
+    local_sync,
+    milliseconds,
+    remote_async,
+    remote_sync,
+    run_async,
+    run_sync,
+)
 
 __all__ = ["TTL_FIELD", "DataStoreStore"]
-
-TTL_FIELD = "langgraph_ttl_ms"
-"""The metadata field in which every put keeps its item's TTL in milliseconds (``None`` for
-none): the store keeps only the expiry date, and a read that refreshes the TTL needs the
-length."""
 
 SyncStore = DataStore | RemoteDataStoreProxy
 AsyncStore = AsyncDataStore | AsyncRemoteDataStoreProxy
@@ -71,49 +82,6 @@ _REMOTE_STORES = (RemoteDataStoreProxy, AsyncRemoteDataStoreProxy)
 _TTL_CONFIG_KEYS = frozenset(
     {"refresh_on_read", "default_ttl", "sweep_interval_minutes", "omit_expired"}
 )
-# the namespace a scope needs when a command spans every namespace of the agent: never sent
-_ANY_NAMESPACE = "default"
-
-
-# ------------------------------------------------------------------ the requests of a batch
-#
-# What ``_batch`` asks of the store, one command (or, through the service, one call) each.
-
-
-class _Find(NamedTuple):
-    user: str
-    namespace: str
-    within: str  # "namespace", "subtree" or "agent" (then namespace is not used)
-    keys: list[str] | None
-    value_filter: dict[str, Any] | None
-    limit: int | None
-    offset: int
-
-
-class _Refresh(NamedTuple):
-    user: str
-    items: list[tuple[str, str]]  # (namespace, key)
-
-
-class _ListNamespaces(NamedTuple):
-    user: str
-
-
-class _DeleteMany(NamedTuple):
-    user: str
-    namespace: str
-    keys: list[str]
-
-
-class _SetMany(NamedTuple):
-    user: str
-    namespace: str
-    items: dict[str, dict[str, Any]]
-    ttl: timedelta | None
-
-
-_Request = _Find | _Refresh | _ListNamespaces | _DeleteMany | _SetMany
-_Batch = Generator[_Request, Any, list[Result]]
 
 
 class DataStoreStore(BaseStore):
@@ -239,13 +207,13 @@ class DataStoreStore(BaseStore):
         """Run ``ops`` (see the class): their results in order, ``None`` for each put."""
         store = self._store
         if isinstance(store, DataStore):
-            return _run_sync(
+            return run_sync(
                 self._batch(ops, store.max_value_bytes, store.now()),
-                _local_sync(store, self._agent_name),
+                local_sync(store, self._agent_name),
             )
         if isinstance(store, RemoteDataStoreProxy):
-            return _run_sync(
-                self._batch(ops, _core.MAX_DOCUMENT_BYTES, _core.utc_now()), _remote_sync(store)
+            return run_sync(
+                self._batch(ops, _core.MAX_DOCUMENT_BYTES, _core.utc_now()), remote_sync(store)
             )
         loop = self._loop
         if loop is not None and loop.is_running() and not _runs_on(loop):
@@ -260,10 +228,10 @@ class DataStoreStore(BaseStore):
             self._loop = asyncio.get_running_loop()
         if isinstance(store, AsyncDataStore):
             plan = self._batch(ops, store.max_value_bytes, store.now())
-            return await _run_async(plan, _local_async(store, self._agent_name))
+            return await run_async(plan, local_async(store, self._agent_name))
         if isinstance(store, AsyncRemoteDataStoreProxy):
             plan = self._batch(ops, _core.MAX_DOCUMENT_BYTES, _core.utc_now())
-            return await _run_async(plan, _remote_async(store))
+            return await run_async(plan, remote_async(store))
         return await asyncio.to_thread(self.batch, list(ops))
 
     def _refuse_sync_call(self) -> NoReturn:
@@ -276,14 +244,14 @@ class DataStoreStore(BaseStore):
             "loop runs, as in a synchronous node of a graph run with ainvoke)"
         )
 
-    def _batch(self, operations: Iterable[Op], max_value_bytes: int, now: datetime) -> _Batch:
+    def _batch(self, operations: Iterable[Op], max_value_bytes: int, now: datetime) -> Batch:
         """The requests that answer ``operations``, yielded one at a time (each sent back its
         result), and the operations' results returned. Every operation is checked before the
         first request, so that an invalid one leaves the store untouched."""
         ops_ = list(operations)
         # (user, namespace) -> key -> the indexes of the GetOps asking for it
         gets: dict[tuple[str, str], dict[str, list[int]]] = {}
-        searches: list[tuple[int, _Find | None, bool]] = []
+        searches: list[tuple[int, Find | None, bool]] = []
         listings: dict[str, list[int]] = {}
         puts: dict[tuple[str, str, str], tuple[dict[str, Any] | None, timedelta | None]] = {}
         writers: dict[tuple[str, str, timedelta | None], Callable[[str, Any, int], Any]] = {}
@@ -317,7 +285,7 @@ class DataStoreStore(BaseStore):
                 writer = writers.get(group)
                 if writer is None:
                     scope = _core.Scope.of(user, self._agent_name, namespace)
-                    metadata = _core.check_metadata({TTL_FIELD: _milliseconds(ttl)})
+                    metadata = _core.check_metadata({TTL_FIELD: milliseconds(ttl)})
                     writer = writers[group] = scope.set_writer(metadata, now, ttl=ttl)
                 writer(key, value, max_value_bytes)  # its checks; the write is built again
                 puts[(user, namespace, key)] = (value, ttl)
@@ -332,7 +300,7 @@ class DataStoreStore(BaseStore):
                 refresh.setdefault(user, {})[(found.namespace, found.item.key)] = None
 
         for (user, namespace), asked in gets.items():
-            request = _Find(user, namespace, "namespace", list(asked), None, None, 0)
+            request = Find(user, namespace, "namespace", list(asked), None, None, 0)
             found_items: list[FoundItem] = yield request
             by_key = {found.item.key: found for found in found_items}
             for key, indexes in asked.items():
@@ -356,7 +324,7 @@ class DataStoreStore(BaseStore):
             if all(ops_[i].limit == 0 for i in indexes):  # type: ignore[union-attr]
                 names: list[str] = []
             else:
-                names = yield _ListNamespaces(user)
+                names = yield ListNamespaces(user)
             namespaces = [labels for labels in map(_labels_of, names) if labels is not None]
             if self._user_label is not None:
                 k = self._user_label
@@ -367,7 +335,7 @@ class DataStoreStore(BaseStore):
                 results[index] = _listing(op, namespaces)
 
         for user, pairs in refresh.items():
-            yield _Refresh(user, list(pairs))
+            yield Refresh(user, list(pairs))
 
         deletes: dict[tuple[str, str], list[str]] = {}
         sets: dict[tuple[str, str, timedelta | None], dict[str, dict[str, Any]]] = {}
@@ -377,9 +345,9 @@ class DataStoreStore(BaseStore):
             else:
                 sets.setdefault((user, namespace, ttl), {})[key] = stored
         for (user, namespace), keys in deletes.items():
-            yield _DeleteMany(user, namespace, keys)
+            yield DeleteMany(user, namespace, keys)
         for (user, namespace, ttl), items in sets.items():
-            yield _SetMany(user, namespace, items, ttl)
+            yield SetMany(user, namespace, items, ttl)
         return results
 
     # ------------------------------------------------------------------ namespaces and users
@@ -420,7 +388,7 @@ class DataStoreStore(BaseStore):
             "it would reach several users' items; give that label"
         )
 
-    def _find_of(self, op: SearchOp) -> _Find | None:
+    def _find_of(self, op: SearchOp) -> Find | None:
         """The query of a search, ``None`` when it asks for no item (``limit=0``)."""
         if op.query:
             raise NotImplementedError(
@@ -440,10 +408,10 @@ class DataStoreStore(BaseStore):
             within = "subtree"
         else:
             assert self._user_id is not None
-            user, namespace, within = self._user_id, _ANY_NAMESPACE, "agent"
+            user, namespace, within = self._user_id, ANY_NAMESPACE, "agent"
         if limit == 0:
             return None
-        return _Find(user, namespace, within, None, value_filter, limit, offset)
+        return Find(user, namespace, within, None, value_filter, limit, offset)
 
     def _listing_user(self, op: ListNamespacesOp) -> str:
         if self._user_label is None:
@@ -458,7 +426,7 @@ class DataStoreStore(BaseStore):
         self._unfixed("list_namespaces without a prefix that names it")
 
 
-# ------------------------------------------------------------------ drivers
+# ------------------------------------------------------------------ helpers
 
 
 def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:
@@ -467,104 +435,6 @@ def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _run_sync(plan: _Batch, run: Callable[[_Request], Any]) -> list[Result]:
-    reply: Any = None
-    try:
-        while True:
-            reply = run(plan.send(reply))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-async def _run_async(plan: _Batch, run: Callable[[_Request], Any]) -> list[Result]:
-    reply: Any = None
-    try:
-        while True:
-            reply = await run(plan.send(reply))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-def _local_operation(
-    store: DataStore | AsyncDataStore, agent: str, request: _Request
-) -> ops.Operation[Any]:
-    settings = store._settings()
-    if isinstance(request, _Find):
-        scope = _core.Scope.of(request.user, agent, request.namespace)
-        return ops.find_items(
-            scope,
-            settings,
-            within=request.within,
-            keys=request.keys,
-            value_filter=request.value_filter,
-            limit=request.limit,
-            offset=request.offset,
-        )
-    if isinstance(request, _Refresh):
-        scope = _core.Scope.of(request.user, agent, _ANY_NAMESPACE)
-        return ops.refresh_expiry(scope, settings, request.items, TTL_FIELD)
-    if isinstance(request, _ListNamespaces):
-        return ops.list_namespaces(_core.Scope.of(request.user, agent, _ANY_NAMESPACE), settings)
-    scope = _core.Scope.of(request.user, agent, request.namespace)
-    if isinstance(request, _DeleteMany):
-        return ops.delete_many(scope, settings, request.keys)
-    metadata = {TTL_FIELD: _milliseconds(request.ttl)}
-    return ops.set_many(scope, settings, request.items, metadata, request.ttl)
-
-
-def _local_sync(store: DataStore, agent: str) -> Callable[[_Request], Any]:
-    return lambda request: store._run(_local_operation(store, agent, request))
-
-
-def _local_async(store: AsyncDataStore, agent: str) -> Callable[[_Request], Any]:
-    return lambda request: store._run(_local_operation(store, agent, request))
-
-
-def _remote_calls(
-    proxy: RemoteDataStoreProxy | AsyncRemoteDataStoreProxy, request: _Request
-) -> _protocol.Calls:
-    """The store service's requests for ``request``; the token names the user (checked
-    against each namespace's when the batch was planned) and the agent."""
-    limits = proxy._service.limits
-    if isinstance(request, _ListNamespaces):
-        return _remote_namespaces()
-    namespace = _ANY_NAMESPACE if isinstance(request, _Refresh) else request.namespace
-    scope = _core.Scope.of(proxy.user_id, proxy.agent_name, namespace)
-    if isinstance(request, _Find):
-        return _protocol.find_items_calls(
-            scope,
-            within=request.within,
-            keys=request.keys,
-            value_filter=request.value_filter,
-            limit=request.limit,
-            offset=request.offset,
-            limits=limits,
-        )
-    if isinstance(request, _Refresh):
-        return _protocol.refresh_expiry_calls(scope, request.items, TTL_FIELD, limits)
-    if isinstance(request, _DeleteMany):
-        return _protocol.delete_many_calls(scope, request.keys, limits)
-    metadata = {TTL_FIELD: _milliseconds(request.ttl)}
-    return _protocol.set_many_calls(scope, request.items, metadata, request.ttl, limits)
-
-
-def _remote_namespaces() -> _protocol.Calls:
-    # as the remote proxies' list_namespaces, as a call their _drive runs
-    answer = yield _protocol.Request("list_namespaces", {})
-    return list(answer["result"])
-
-
-def _remote_sync(proxy: RemoteDataStoreProxy) -> Callable[[_Request], Any]:
-    return lambda request: proxy._drive(_remote_calls(proxy, request))
-
-
-def _remote_async(proxy: AsyncRemoteDataStoreProxy) -> Callable[[_Request], Any]:
-    return lambda request: proxy._drive(_remote_calls(proxy, request))
-
-
-# ------------------------------------------------------------------ helpers
 
 
 def _check_labels(labels: object) -> tuple[str, ...]:
@@ -678,10 +548,6 @@ def _ttl_of(minutes: object) -> timedelta | None:
     if not math.isfinite(minutes):
         raise ValueError(f"ttl must be a finite number of minutes, not {minutes}")
     return _core.check_ttl(minutes * 60)
-
-
-def _milliseconds(ttl: timedelta | None) -> int | None:
-    return None if ttl is None else ttl // timedelta(milliseconds=1)
 
 
 def _expires_by_ttl(found: FoundItem) -> bool:
