@@ -515,7 +515,15 @@ def remember(state: State, runtime: Runtime[None]) -> State:
 
 
 def recall(state: State) -> State:
+    # get_store() in a synchronous node under invoke; under ainvoke, Python 3.10 does not
+    # carry LangGraph's context into the node (LangGraph documents it), so those use runtime
     found = get_store().search((state["user"], "memories"), limit=100)
+    return {"memories": [item.value["text"] for item in found]}
+
+
+def recall_from_runtime(state: State, runtime: Runtime[None]) -> State:
+    assert runtime.store is not None
+    found = runtime.store.search((state["user"], "memories"), limit=100)
     return {"memories": [item.value["text"] for item in found]}
 
 
@@ -527,8 +535,9 @@ async def aremember(state: State, runtime: Runtime[None]) -> State:
     return {}
 
 
-async def arecall(state: State) -> State:
-    found = await get_store().asearch((state["user"], "memories"), limit=100)
+async def arecall(state: State, runtime: Runtime[None]) -> State:
+    assert runtime.store is not None
+    found = await runtime.store.asearch((state["user"], "memories"), limit=100)
     return {"memories": [item.value["text"] for item in found]}
 
 
@@ -583,7 +592,7 @@ async def test_synchronous_nodes_under_ainvoke_are_served_on_the_store_s_loop() 
     # LangGraph runs a synchronous node in a worker thread: its calls go to the store's loop
     async with agent_datastore.connect_async("mongomock://") as store:
         lg = DataStoreStore(store, agent_name=AGENT, user_label=0)
-        app = memory_graph(remember, recall).compile(store=lg)
+        app = memory_graph(remember, recall_from_runtime).compile(store=lg)
         await app.ainvoke({"user": "u1", "note": "likes tea"})
         answer = await app.ainvoke({"user": "u1", "note": "works at night"})
         assert answer["memories"] == ["likes tea", "works at night"]

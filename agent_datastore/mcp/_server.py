@@ -74,8 +74,9 @@ _INTEGER_ARGUMENTS = {
 }
 # Python's refusal of an integer past its int/str conversion limit names a setting of the
 # interpreter, which is not the caller's to change; it is said in the caller's terms.
+# Python 3.11 and later say "(4300 digits)", 3.10's backport "(4300)"
 _INT_DIGITS_LIMIT = re.compile(
-    r"Exceeds the limit \((\d+) digits\) for integer string conversion"
+    r"Exceeds the limit \((\d+)(?: digits)?\) for integer string conversion"
     r"(?:: value has \d+ digits)?; use sys\.set_int_max_str_digits\(\) to increase the limit"
 )
 
