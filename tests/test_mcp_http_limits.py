@@ -218,18 +218,24 @@ def _status_line(connection: socket.socket) -> bytes:
     return received.partition(b"\r\n")[0]
 
 
+def _status_code(connection: socket.socket) -> int:
+    """The status of the answer on ``connection``; its reason phrase is the server's own
+    (Python 3.13 names 413 "Content Too Large", earlier ones "Request Entity Too Large")."""
+    return int(_status_line(connection).split(b" ")[1])
+
+
 def test_a_body_over_the_limit_is_refused_before_it_arrives_whole(server: Service) -> None:
     token = issue_token(SECRET, "early", "agent")
     # a declared length over the limit: answered at once, with none of the body sent
     with server.connect() as connection:
         connection.sendall(_head(server.port, token, 10 * MAX_BODY_BYTES))
-        assert _status_line(connection) == b"HTTP/1.1 413 Request Entity Too Large"
+        assert _status_code(connection) == 413
     # a chunked body that goes past the limit and never ends: answered once past it
     with server.connect() as connection:
         connection.sendall(_head(server.port, token, None, "Transfer-Encoding: chunked"))
         chunk = b"x" * (MAX_BODY_BYTES + 1)
         connection.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-        assert _status_line(connection) == b"HTTP/1.1 413 Request Entity Too Large"
+        assert _status_code(connection) == 413
 
 
 def test_a_token_over_its_rate_gets_429_while_another_token_is_served(server: Service) -> None:
@@ -253,7 +259,7 @@ def test_a_request_without_a_valid_token_is_refused_before_its_body_is_read(
 ) -> None:
     with server.connect() as connection:
         connection.sendall(_head(server.port, None, 10 * MAX_BODY_BYTES))
-        assert _status_line(connection) == b"HTTP/1.1 401 Unauthorized"
+        assert _status_code(connection) == 401
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
