@@ -6,14 +6,15 @@ import gc
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import agent_datastore
-from agent_datastore import AgentDataStoreProxy, DataStore
+from agent_datastore import AgentDataStoreProxy, AsyncDataStore, DataStore
 
 from .helpers import MONGODB_URI, REAL_SERVER_SKIP, MovableClock
 from .service import ServiceThread, remote_store
@@ -88,6 +89,22 @@ def _real_store(clock: MovableClock, asynchronous: bool) -> Iterator[Any]:
                 yield facade
         finally:
             store.collection.drop()
+
+
+@asynccontextmanager
+async def real_async_store(prefix: str) -> AsyncIterator[AsyncDataStore]:
+    """A new async store on a collection of its own (``prefix`` and a random name) at
+    MONGODB_URI, dropped afterwards; skips the test without MONGODB_URI."""
+    if not MONGODB_URI:
+        pytest.skip(REAL_SERVER_SKIP)
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    async with agent_datastore.connect_async(
+        MONGODB_URI, database="agent_datastore_tests", collection=name
+    ) as store:
+        try:
+            yield store
+        finally:
+            await store.collection.drop()
 
 
 @pytest.fixture(scope="session")

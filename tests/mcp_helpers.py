@@ -5,19 +5,17 @@ round-trip exactly."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
 from mcp import Client
 
 import agent_datastore
 from agent_datastore import AsyncDataStore
 from agent_datastore.mcp import create_server
 
-from .helpers import MONGODB_URI, REAL_SERVER_SKIP
+from .conftest import real_async_store
 
 # Integers JSON numbers hold but doubles do not (2**53 + 1), and beyond int64, both signs;
 # keys with '$' and '.' where MongoDB reads operators and paths.
@@ -42,16 +40,8 @@ async def open_store(backend: str) -> AsyncIterator[AsyncDataStore]:
         async with agent_datastore.connect_async("mongomock://") as store:
             yield store
         return
-    if not MONGODB_URI:
-        pytest.skip(REAL_SERVER_SKIP)
-    name = f"mcp_{uuid.uuid4().hex}"
-    async with agent_datastore.connect_async(
-        MONGODB_URI, database="agent_datastore_tests", collection=name
-    ) as store:
-        try:
-            yield store
-        finally:
-            await store.collection.drop()
+    async with real_async_store("mcp") as store:
+        yield store
 
 
 def run_with_client(

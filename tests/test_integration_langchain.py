@@ -28,6 +28,7 @@ from agent_datastore import (
 from agent_datastore._core import KEY_PAGE_SIZE
 from agent_datastore.integrations.langchain import DataStoreKV
 
+from .conftest import real_async_store
 from .helpers import MONGODB_URI, REAL_SERVER_SKIP
 from .service import SECRET, RemoteStore, ServiceThread
 from .test_wire_commands import SCOPE, only_command, without_expiry
@@ -101,15 +102,8 @@ async def async_store(request: pytest.FixtureRequest, backend: str) -> AsyncIter
                 for proxy in facade.proxies:
                     await proxy.aclose()
     else:
-        name = _real_server_collection()
-        assert MONGODB_URI is not None
-        async with agent_datastore.connect_async(
-            MONGODB_URI, database="agent_datastore_tests", collection=name
-        ) as store:
-            try:
-                yield store
-            finally:
-                await store.collection.drop()
+        async with real_async_store("langchain") as store:
+            yield store
 
 
 # ------------------------------------------------------------ LangChain's standard tests

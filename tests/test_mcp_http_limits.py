@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -36,6 +33,7 @@ from .test_service_connections import (
     _exchange,
     _free_port,
     _read_until_closed,
+    running_server,
 )
 
 REQUEST_TIMEOUT = 1
@@ -87,39 +85,11 @@ def _mcp_serving(*options: str) -> Iterator[Service]:
         ),
         *("mcp", "--transport", "http", "--uri", "mongomock://", "--port", str(port), *options),
     ]
-    # uvicorn logs every request: to a file, so that a full pipe can never stall the server
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)
-        service = Service(port, process, log)
-        try:
-            _wait_until_serving(service)
-            yield service
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_until_serving(service: Service) -> None:
     token = issue_token(SECRET, "probe", "probe")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert service.process.poll() is None, service.logged()
-        try:
-            # closed by the server, which forgets the connection before it closes it: so the
-            # probe holds none of --max-connections once it has read the end of file
-            with service.connect() as probe:
-                body = json.dumps(LISTING).encode()
-                head = _head(service.port, token, len(body), "Connection: close")
-                probe.sendall(head + body)
-                if _read_until_closed(probe).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"the MCP server did not start:\n{service.logged()}")
+    body = json.dumps(LISTING).encode()
+    probe = _head(port, token, len(body), "Connection: close") + body
+    with running_server(command, environment, port, probe) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -64,16 +64,7 @@ def _message(identifier: int, method: str, params: dict[str, Any]) -> str:
 
 def test_stdout_carries_the_protocol_only_and_stderr_says_nothing_persists() -> None:
     lines = [
-        _message(
-            1,
-            "initialize",
-            {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "test", "version": "0"},
-            },
-        ),
-        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        *_initialize(1),
         _message(2, "tools/call", {"name": "set", "arguments": {"key": "n", "value": 2**64 + 1}}),
         _message(3, "tools/call", {"name": "get", "arguments": {"key": "n"}}),
         _message(4, "tools/call", {"name": "increment", "arguments": {"key": "n"}}),
@@ -159,10 +150,12 @@ def test_without_the_extra_the_command_names_it(monkeypatch: pytest.MonkeyPatch)
     assert result.stdout == ""
 
 
-def _initialize() -> list[str]:
+def _initialize(identifier: int = 0) -> list[str]:
+    """The handshake's lines: ``initialize`` (as request ``identifier``), then its
+    notification."""
     return [
         _message(
-            0,
+            identifier,
             "initialize",
             {
                 "protocolVersion": "2025-06-18",

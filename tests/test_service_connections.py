@@ -120,22 +120,44 @@ def _read_until_closed(connection: socket.socket) -> bytes:
     return received
 
 
-def _wait_until_serving(service: Service) -> None:
+def _wait_until_serving(service: Service, probe: bytes) -> None:
+    """Until ``probe``, a request that asks for the connection to be closed, is answered 200:
+    the server is up. Fails if its process ends first, or after a minute."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert service.process.poll() is None, service.logged()
         try:
-            # closed by the service, which forgets the connection before it closes it: so the
+            # closed by the server, which forgets the connection before it closes it: so the
             # probe holds none of --max-connections once it has read the end of file
-            with service.connect() as probe:
-                probe.sendall(
-                    _head("GET", "/v1/openapi.json", 0)[:-2] + b"Connection: close\r\n\r\n"
-                )
-                if _read_until_closed(probe).startswith(b"HTTP/1.1 200"):
+            with service.connect() as connection:
+                connection.sendall(probe)
+                if _read_until_closed(connection).startswith(b"HTTP/1.1 200"):
                     return
         except OSError:
             time.sleep(0.1)
-    raise AssertionError(f"the service did not start:\n{service.logged()}")
+    raise AssertionError(f"the server did not start:\n{service.logged()}")
+
+
+@contextmanager
+def running_server(
+    command: list[str], environment: dict[str, str], port: int, probe: bytes
+) -> Iterator[Service]:
+    """``command``, a server on ``port`` of 127.0.0.1, from when it answers ``probe``
+    (``_wait_until_serving``) until the block ends, then stopped with SIGINT."""
+    # uvicorn logs every request: to a file, so that a full pipe can never stall the server
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)
+        service = Service(port, process, log)
+        try:
+            _wait_until_serving(service, probe)
+            yield service
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextmanager
@@ -153,20 +175,9 @@ def _serving(*options: str, open_files: tuple[int, int] | None = None) -> Iterat
         ["import resource, sys", limit, "from agent_datastore.cli import main", "sys.exit(main())"]
     )
     command = [sys.executable, "-c", start, "serve", "--embedded", "--port", str(port), *options]
-    # uvicorn logs every request: to a file, so that a full pipe can never stall the service
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)
-        service = Service(port, process, log)
-        try:
-            _wait_until_serving(service)
-            yield service
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    probe = _head("GET", "/v1/openapi.json", 0)[:-2] + b"Connection: close\r\n\r\n"
+    with running_server(command, environment, port, probe) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
